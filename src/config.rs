@@ -1,0 +1,218 @@
+//! Every setting of courier: its environment variable, its command-line flag and its
+//! default, in one struct. DESIGN.md §5 is the contract for the names.
+//!
+//! Parsing is clap's (`derive` + `env`): a flag wins over the environment, the
+//! environment over the default. [`Config::load`] turns any error into one line that
+//! names the setting, so `main` can print it and exit with code 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::BoolishValueParser;
+
+/// courier's configuration. Each field's doc says what it does and its default.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "courier",
+    version,
+    about = "WebSocket chat delivery over Redis Streams"
+)]
+pub struct Config {
+    /// Address for `/ws`, `/healthz`, `/readyz` and `/metrics`. Defaults to `0.0.0.0:8080`.
+    #[arg(long, env = "COURIER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (`redis://`, `rediss://`, with `user:password@` for ACLs).
+    /// Defaults to `redis://127.0.0.1:6379`.
+    #[arg(
+        long,
+        env = "COURIER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// HS256 shared secret. At least one of this and the public key file is required.
+    #[arg(long, env = "COURIER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256).
+    #[arg(long, env = "COURIER_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `aud` claim, when set. Defaults to none (not checked unless present).
+    #[arg(long, env = "COURIER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, when set. Defaults to none (not checked).
+    #[arg(long, env = "COURIER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Redelivery of a delivered but unacked entry after this many milliseconds.
+    /// Defaults to 30000.
+    #[arg(long, env = "COURIER_ACK_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_timeout_ms: u64,
+
+    /// Deliveries of one entry before it is dead-lettered. Defaults to 10.
+    #[arg(long, env = "COURIER_MAX_DELIVERIES", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_deliveries: u64,
+
+    /// Messages per delivery batch, and the most a client may send in one batch.
+    /// Defaults to 100.
+    #[arg(long, env = "COURIER_BATCH_MAX", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch_max: u64,
+
+    /// Largest `content_text`, in UTF-8 bytes. Defaults to 4096.
+    #[arg(long, env = "COURIER_MAX_TEXT_BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_text_bytes: u64,
+
+    /// Approximate number of entries kept per inbox stream (`XADD MAXLEN ~`).
+    /// Defaults to 10000.
+    #[arg(long, env = "COURIER_STREAM_MAXLEN", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_maxlen: u64,
+
+    /// Seconds a sent batch's `time_key` is remembered for deduplication. Defaults to 300.
+    #[arg(long, env = "COURIER_DEDUP_WINDOW_S", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dedup_window_s: u64,
+
+    /// Also deliver each message to the sender's own inbox. Defaults to false.
+    #[arg(long, env = "COURIER_DELIVER_TO_SENDER", default_value = "false",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub deliver_to_sender: bool,
+
+    /// Comma-separated `Origin` allowlist for `/ws`. Defaults to any origin.
+    #[arg(long, env = "COURIER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// This instance's name, the prefix of its consumer names. Defaults to a random id.
+    #[arg(long, env = "COURIER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Safety poll of every connection's inbox, in milliseconds, in case a wake-up was
+    /// missed. Defaults to 5000.
+    #[arg(long, env = "COURIER_POLL_INTERVAL_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub poll_interval_ms: u64,
+
+    /// Delivery batches a connection may have unacked at once; no more are read from
+    /// Redis until the client acks. Defaults to 4.
+    #[arg(long, env = "COURIER_MAX_INFLIGHT_BATCHES", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_inflight_batches: u64,
+
+    /// Frames queued for one connection's socket; a client that lets it fill is closed
+    /// with 1013. Defaults to 64.
+    #[arg(long, env = "COURIER_OUTBOUND_QUEUE", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub outbound_queue: u64,
+
+    /// Ping interval, in milliseconds; a client silent for two intervals is dropped.
+    /// Defaults to 20000.
+    #[arg(long, env = "COURIER_PING_INTERVAL_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub ping_interval_ms: u64,
+
+    /// Largest WebSocket frame (and message) a client may send, in bytes; bigger ones
+    /// close the connection with 1009. Defaults to 1048576.
+    #[arg(long, env = "COURIER_MAX_FRAME_BYTES", default_value_t = 1_048_576,
+          value_parser = clap::value_parser!(u64).range(1024..=67_108_864))]
+    pub max_frame_bytes: u64,
+
+    /// Timeout of one Redis command, in milliseconds. Defaults to 5000.
+    #[arg(long, env = "COURIER_REDIS_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_timeout_ms: u64,
+
+    /// Log format: `text` or `json`. Defaults to `text`.
+    #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// A configuration that cannot be used. Its `Display` is the one line `main` prints.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Parses flags and environment, then checks what clap cannot (JWT key present,
+    /// Redis URL well-formed). `--help` and `--version` print and exit here.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// [`Config::load`] over the given arguments (the first is the program name).
+    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config = match Self::try_parse_from(args) {
+            Ok(config) => config,
+            Err(e) if !e.use_stderr() => e.exit(),
+            Err(e) => return Err(ConfigError(describe_clap_error(&e))),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.as_deref().is_none_or(str::is_empty)
+            && self.jwt_public_key_file.is_none()
+        {
+            return Err(ConfigError(
+                "COURIER_JWT_SECRET (--jwt-secret) or COURIER_JWT_PUBLIC_KEY_FILE \
+                 (--jwt-public-key-file) must be set"
+                    .into(),
+            ));
+        }
+        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+            return Err(ConfigError(format!(
+                "COURIER_REDIS_URL (--redis-url): {}",
+                crate::store::redact_error(&e, &self.redis_url)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ack timeout as a `Duration`.
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// The safety poll interval as a `Duration`.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+/// One line naming the setting (its env var) and what is wrong with it, from clap's
+/// first line ("invalid value 'x' for '--flag <VALUE>': reason").
+fn describe_clap_error(e: &clap::Error) -> String {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+
+    let rendered = e.render().to_string();
+    let first_line = rendered.lines().next().unwrap_or_default();
+    let first_line = first_line.trim_start_matches("error: ");
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return first_line.to_string();
+    };
+    let flag = arg.split_whitespace().next().unwrap_or_default();
+    let env = Config::command()
+        .get_arguments()
+        .find(|a| a.get_long().is_some_and(|long| flag == format!("--{long}")))
+        .and_then(|a| a.get_env().map(|env| env.to_string_lossy().into_owned()));
+    match env {
+        Some(env) => format!("{env}: {first_line}"),
+        None => first_line.to_string(),
+    }
+}

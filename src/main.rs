@@ -1,0 +1,33 @@
+//! courier's entry point: configuration, logging, the server, signals.
+
+use std::process::ExitCode;
+
+use courier::config::Config;
+use courier::server::Server;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("courier: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    courier::telemetry::init(&config.log_format);
+    let shutdown = CancellationToken::new();
+    let server = match Server::bind(config, shutdown.clone()).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("courier: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tokio::spawn(async move {
+        courier::server::shutdown_signal().await;
+        shutdown.cancel();
+    });
+    server.run().await;
+    ExitCode::SUCCESS
+}

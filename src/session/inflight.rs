@@ -1,0 +1,114 @@
+//! The delivery batches a connection has pushed and the client has not acked yet.
+//! Pure bookkeeping, tested without I/O.
+//!
+//! Invariants: at most `max` batches; time keys strictly increase and stay below
+//! 2^53; an entry is in at most one batch (the reader never reads an entry it has
+//! in flight: it walks its pending entries forward once, then reads only new ones).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Largest integer a JavaScript number holds exactly.
+pub const MAX_SAFE_TIME_KEY: u64 = (1 << 53) - 1;
+
+/// One pushed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The server `time_key` the client acks.
+    pub time_key: u64,
+    /// Stream ids of its entries, for XACK.
+    pub stream_ids: Vec<String>,
+    /// When it was pushed.
+    pub sent_at: Instant,
+}
+
+/// The batches in flight on one connection, oldest first.
+#[derive(Debug)]
+pub struct InFlight {
+    batches: VecDeque<Batch>,
+    max: usize,
+    last_time_key: u64,
+}
+
+impl InFlight {
+    /// Room for `max` unacked batches.
+    pub fn new(max: usize) -> Self {
+        Self {
+            batches: VecDeque::with_capacity(max.min(16)),
+            max,
+            last_time_key: 0,
+        }
+    }
+
+    /// Whether another batch may be pushed.
+    pub fn has_room(&self) -> bool {
+        self.batches.len() < self.max
+    }
+
+    /// A fresh time key: `now_micros` (microseconds since the epoch), or one more than
+    /// the last if the clock did not move forward.
+    pub fn next_time_key(&mut self, now_micros: u64) -> u64 {
+        let key = now_micros
+            .max(self.last_time_key + 1)
+            .min(MAX_SAFE_TIME_KEY);
+        self.last_time_key = key;
+        key
+    }
+
+    /// Records a pushed batch.
+    pub fn push(&mut self, batch: Batch) {
+        self.batches.push_back(batch);
+    }
+
+    /// Removes and returns the batch with this time key.
+    pub fn take(&mut self, time_key: u64) -> Option<Batch> {
+        let index = self.batches.iter().position(|b| b.time_key == time_key)?;
+        self.batches.remove(index)
+    }
+
+    /// The batch with this time key.
+    pub fn get(&self, time_key: u64) -> Option<&Batch> {
+        self.batches.iter().find(|b| b.time_key == time_key)
+    }
+
+    /// The oldest batch (what `received` acks).
+    pub fn oldest(&self) -> Option<&Batch> {
+        self.batches.front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(time_key: u64) -> Batch {
+        Batch {
+            time_key,
+            stream_ids: vec![format!("{time_key}-0")],
+            sent_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn time_keys_strictly_increase_below_2_pow_53() {
+        let mut inflight = InFlight::new(2);
+        assert_eq!(inflight.next_time_key(100), 100);
+        assert_eq!(inflight.next_time_key(100), 101);
+        assert_eq!(inflight.next_time_key(50), 102);
+        assert_eq!(inflight.next_time_key(u64::MAX), MAX_SAFE_TIME_KEY);
+    }
+
+    #[test]
+    fn bounded_and_acked_by_time_key_or_oldest() {
+        let mut inflight = InFlight::new(2);
+        inflight.push(batch(1));
+        assert!(inflight.has_room());
+        inflight.push(batch(2));
+        assert!(!inflight.has_room());
+        assert_eq!(inflight.oldest().map(|b| b.time_key), Some(1));
+        assert_eq!(inflight.take(2).map(|b| b.time_key), Some(2));
+        assert_eq!(inflight.take(2), None);
+        assert_eq!(inflight.get(1).map(|b| b.stream_ids.len()), Some(1));
+        assert!(inflight.has_room());
+    }
+}

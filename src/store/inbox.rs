@@ -1,0 +1,210 @@
+//! A connection's side of the user's inbox stream: its consumer in the device's
+//! group, the reads that deliver entries, the acks, dead letters, and leaving.
+
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+
+use super::reply::{parse_entries, value_text};
+use super::{Store, StoreError, keys};
+use crate::protocol::DeliveredMessage;
+
+static JOIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("join.lua")));
+static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("leave.lua")));
+static DEAD_LETTER_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("dead_letter.lua")));
+
+/// One connection's consumer: user, device (the group) and consumer name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRef {
+    /// The inbox owner.
+    pub user: u64,
+    /// The device id, which is the group name.
+    pub device: String,
+    /// `<instance>-<connection uuid>`.
+    pub consumer: String,
+}
+
+/// One entry as read from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The stream entry id (`<ms>-<seq>`), what XACK takes.
+    pub stream_id: String,
+    /// What the entry holds.
+    pub body: EntryBody,
+}
+
+/// The content of a read entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryBody {
+    /// A message to deliver.
+    Message {
+        /// The message.
+        message: DeliveredMessage,
+        /// The send's trace context, when traced.
+        traceparent: Option<String>,
+    },
+    /// Still pending but trimmed from the stream (MAXLEN): nothing left to deliver.
+    Trimmed,
+    /// Fields that do not make a message (written by hand?): dead-lettered.
+    Malformed,
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom<'a> {
+    /// The consumer's own pending entries after this id (`0` for all).
+    PendingAfter(&'a str),
+    /// Entries never delivered to the group (`>`).
+    New,
+}
+
+/// What joining found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JoinReport {
+    /// Entries claimed from earlier consumers of the device.
+    pub claimed: u64,
+    /// Pending entries found trimmed from the stream.
+    pub trimmed: u64,
+}
+
+impl Store {
+    /// Creates the device's group and this consumer, and claims what earlier
+    /// connections of the device left pending. One round trip.
+    pub async fn join(&self, consumer: &ConsumerRef) -> Result<JoinReport, StoreError> {
+        let (claimed, trimmed): (u64, u64) = JOIN_SCRIPT
+            .key(keys::inbox(consumer.user))
+            .arg(&consumer.device)
+            .arg(&consumer.consumer)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(JoinReport { claimed, trimmed })
+    }
+
+    /// Reads up to `count` entries for the consumer (XREADGROUP, never blocking).
+    /// Every read bumps the entries' delivery count in Redis.
+    pub async fn read(
+        &self,
+        consumer: &ConsumerRef,
+        from: ReadFrom<'_>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        let id = match from {
+            ReadFrom::PendingAfter(id) => id,
+            ReadFrom::New => ">",
+        };
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&consumer.device)
+            .arg(&consumer.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(keys::inbox(consumer.user))
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        parse_entries(reply).map_err(StoreError::Internal)
+    }
+
+    /// XACKs the given entries in the device's group; returns how many were pending.
+    pub async fn ack(
+        &self,
+        consumer: &ConsumerRef,
+        stream_ids: &[String],
+    ) -> Result<u64, StoreError> {
+        if stream_ids.is_empty() {
+            return Ok(0);
+        }
+        redis::cmd("XACK")
+            .arg(keys::inbox(consumer.user))
+            .arg(&consumer.device)
+            .arg(stream_ids)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Copies entries to `dead:{user:<id>}` with their delivery count and acks them,
+    /// atomically. Returns how many were copied (trimmed ones are only acked).
+    pub async fn dead_letter(
+        &self,
+        consumer: &ConsumerRef,
+        entries: &[(String, u64)],
+        maxlen: u64,
+    ) -> Result<u64, StoreError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = DEAD_LETTER_SCRIPT.prepare_invoke();
+        invocation
+            .key(keys::inbox(consumer.user))
+            .key(keys::dead_letters(consumer.user))
+            .arg(&consumer.device)
+            .arg(maxlen);
+        for (id, deliveries) in entries {
+            invocation.arg(id).arg(deliveries);
+        }
+        invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Deletes the consumer if nothing is pending on it; returns whether it did.
+    pub async fn leave(&self, consumer: &ConsumerRef) -> Result<bool, StoreError> {
+        let deleted: i64 = LEAVE_SCRIPT
+            .key(keys::inbox(consumer.user))
+            .arg(&consumer.device)
+            .arg(&consumer.consumer)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(deleted == 1)
+    }
+}
+
+impl StreamEntry {
+    /// Builds an entry from its id and field/value pairs (`None`: trimmed).
+    pub(super) fn from_fields(stream_id: String, fields: Option<Vec<(Value, Value)>>) -> Self {
+        let Some(fields) = fields else {
+            return Self {
+                stream_id,
+                body: EntryBody::Trimmed,
+            };
+        };
+        let mut id = None;
+        let mut sender_id = None;
+        let mut chat_id = None;
+        let mut content_text = None;
+        let mut traceparent = None;
+        for (name, value) in fields {
+            let (Some(name), Some(value)) = (value_text(name), value_text(value)) else {
+                continue;
+            };
+            match name.as_str() {
+                "id" => id = value.parse().ok(),
+                "sender_id" => sender_id = value.parse().ok(),
+                "chat_id" => chat_id = value.parse().ok(),
+                "content_text" => content_text = Some(value),
+                "traceparent" => traceparent = Some(value),
+                _ => {}
+            }
+        }
+        let body = match (id, sender_id, chat_id, content_text) {
+            (Some(id), Some(sender_id), Some(chat_id), Some(content_text)) => EntryBody::Message {
+                message: DeliveredMessage {
+                    id,
+                    sender_id,
+                    chat_id,
+                    content_text,
+                },
+                traceparent,
+            },
+            _ => EntryBody::Malformed,
+        };
+        Self { stream_id, body }
+    }
+}

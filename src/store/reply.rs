@@ -1,0 +1,75 @@
+//! Decoding of raw Redis replies that typed replies cannot express (entries whose
+//! fields are nil because they were trimmed while pending). Accepts RESP2 arrays and
+//! RESP3 maps alike; never panics on an unexpected shape.
+
+use redis::Value;
+
+use super::inbox::StreamEntry;
+
+/// A bulk or simple string as UTF-8 text.
+pub fn value_text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        Value::VerbatimString { text, .. } => Some(text),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Pairs of a RESP2 flat array or a RESP3 map.
+fn pairs(value: Value) -> Option<Vec<(Value, Value)>> {
+    match value {
+        Value::Map(pairs) => Some(pairs),
+        Value::Array(items) => {
+            let mut iter = items.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
+                pairs.push((k, v));
+            }
+            Some(pairs)
+        }
+        _ => None,
+    }
+}
+
+/// The entries of an XREADGROUP reply for a single stream (nil: none).
+pub fn parse_entries(reply: Value) -> Result<Vec<StreamEntry>, String> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(_, entries)| entries)
+            .collect::<Vec<_>>(),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                Value::Array(mut key_and_entries) if key_and_entries.len() == 2 => {
+                    key_and_entries.pop()
+                }
+                _ => None,
+            })
+            .collect(),
+        other => return Err(format!("unexpected XREADGROUP reply {other:?}")),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            return Err("unexpected XREADGROUP entries".into());
+        };
+        for entry in entries {
+            let Value::Array(mut parts) = entry else {
+                return Err("unexpected XREADGROUP entry".into());
+            };
+            if parts.len() != 2 {
+                return Err("unexpected XREADGROUP entry length".into());
+            }
+            let fields = parts
+                .pop()
+                .and_then(|f| if f == Value::Nil { None } else { pairs(f) });
+            let id = parts.pop().and_then(value_text).ok_or("entry without id")?;
+            out.push(StreamEntry::from_fields(id, fields));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,207 @@
+//! The send path's Redis side: membership check, then one atomic script that
+//! allocates the message ids and, for every recipient, appends the stream entry and
+//! the legacy list item and publishes the wake-up — or, for a batch already written
+//! within the dedup window, writes nothing and says so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+use serde::Serialize;
+
+use super::{Store, StoreError, keys};
+
+static SEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("send.lua")));
+
+/// One message of a batch, validated by the protocol layer.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Target chat.
+    pub chat_id: u64,
+    /// Text.
+    pub content_text: String,
+    /// W3C trace context of the send, stored in the entry when present.
+    pub traceparent: Option<String>,
+}
+
+/// A whole batch to write for one sender.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// The authenticated sender.
+    pub sender: u64,
+    /// The batch's client `time_key`, as text (the dedup key's suffix).
+    pub time_key: String,
+    /// The messages, in order.
+    pub messages: Vec<NewMessage>,
+}
+
+/// Fan-out and retention settings of the send path.
+#[derive(Debug, Clone, Copy)]
+pub struct SendPolicy {
+    /// Also write to the sender's inbox.
+    pub deliver_to_sender: bool,
+    /// `XADD MAXLEN ~` bound.
+    pub stream_maxlen: u64,
+    /// Dedup record lifetime, seconds.
+    pub dedup_window_s: u64,
+}
+
+/// What the send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Written now; messages got ids `first_id ..`.
+    Written {
+        /// Id of the batch's first message.
+        first_id: u64,
+    },
+    /// The same `time_key` was already written; nothing was written again.
+    Duplicate,
+}
+
+/// Why a batch was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The sender is not in the chat's member list.
+    #[error("user {user} is not a member of chat {chat_id}")]
+    NotAMember {
+        /// The sender.
+        user: u64,
+        /// The chat.
+        chat_id: u64,
+        /// Index of the first offending message.
+        index: usize,
+    },
+    /// Redis failed; nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Serialize)]
+struct LegacyMessage<'a> {
+    sender_id: u64,
+    chat_id: u64,
+    content_text: &'a str,
+}
+
+impl Store {
+    /// Writes a validated batch: all of it or, on any error, none of it.
+    pub async fn send(
+        &self,
+        request: &SendRequest,
+        policy: SendPolicy,
+    ) -> Result<SendOutcome, SendError> {
+        let members = self
+            .chat_members(request.messages.iter().map(|m| m.chat_id))
+            .await?;
+        let mut recipients: Vec<u64> = Vec::new();
+        let mut recipient_index: HashMap<u64, usize> = HashMap::new();
+        let mut per_message: Vec<Vec<usize>> = Vec::with_capacity(request.messages.len());
+        for (index, message) in request.messages.iter().enumerate() {
+            let chat_members = members
+                .get(&message.chat_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if !chat_members.contains(&request.sender) {
+                return Err(SendError::NotAMember {
+                    user: request.sender,
+                    chat_id: message.chat_id,
+                    index,
+                });
+            }
+            let mut targets = Vec::new();
+            for &member in chat_members {
+                if member == request.sender && !policy.deliver_to_sender {
+                    continue;
+                }
+                let next = recipients.len() + 1;
+                let number = *recipient_index.entry(member).or_insert_with(|| {
+                    recipients.push(member);
+                    next
+                });
+                if !targets.contains(&number) {
+                    targets.push(number);
+                }
+            }
+            per_message.push(targets);
+        }
+
+        let mut invocation = SEND_SCRIPT.prepare_invoke();
+        invocation
+            .key(keys::dedup(request.sender, &request.time_key))
+            .key(keys::LAST_MESSAGE_ID);
+        for &user in &recipients {
+            invocation
+                .key(keys::inbox(user))
+                .key(keys::legacy_list(user));
+        }
+        invocation
+            .arg(policy.dedup_window_s)
+            .arg(policy.stream_maxlen)
+            .arg(request.messages.len())
+            .arg(request.sender)
+            .arg(recipients.len());
+        for &user in &recipients {
+            invocation.arg(user);
+        }
+        for (message, targets) in request.messages.iter().zip(&per_message) {
+            let legacy = serde_json::to_string(&LegacyMessage {
+                sender_id: request.sender,
+                chat_id: message.chat_id,
+                content_text: &message.content_text,
+            })
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+            invocation
+                .arg(message.chat_id)
+                .arg(&message.content_text)
+                .arg(legacy)
+                .arg(message.traceparent.as_deref().unwrap_or(""))
+                .arg(targets.len());
+            for &number in targets {
+                invocation.arg(number);
+            }
+        }
+        let reply: (i64, Value) = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        match reply {
+            (1, Value::Int(first_id)) => Ok(SendOutcome::Written {
+                first_id: first_id.unsigned_abs(),
+            }),
+            (0, _) => Ok(SendOutcome::Duplicate),
+            other => {
+                Err(StoreError::Internal(format!("unexpected send script reply {other:?}")).into())
+            }
+        }
+    }
+
+    /// Members of each distinct chat, in one pipelined round trip. Non-numeric list
+    /// items are ignored.
+    async fn chat_members(
+        &self,
+        chats: impl Iterator<Item = u64>,
+    ) -> Result<BTreeMap<u64, Vec<u64>>, StoreError> {
+        let chats: Vec<u64> = chats
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut pipe = redis::pipe();
+        for &chat in &chats {
+            pipe.cmd("LRANGE").arg(keys::chat(chat)).arg(0).arg(-1);
+        }
+        let lists: Vec<Vec<String>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(chats
+            .into_iter()
+            .zip(lists)
+            .map(|(chat, list)| {
+                (
+                    chat,
+                    list.iter().filter_map(|m| m.trim().parse().ok()).collect(),
+                )
+            })
+            .collect())
+    }
+}
