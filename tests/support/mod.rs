@@ -1,0 +1,426 @@
+//! Test harness: real `redis-server` processes and real courier processes on free
+//! loopback ports, and a WebSocket client. Every process is killed and reaped on drop.
+//!
+//! Waits are on events (a port answering, a frame arriving), each with a timeout
+//! and a message saying what did not happen.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The secret every test courier is started with.
+pub const SECRET: &str = "test-secret";
+
+/// How long any single awaited event may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A private `redis-server` on a free port, in its own temporary directory.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    appendonly: bool,
+}
+
+impl RedisServer {
+    /// Starts a server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server with AOF (`appendfsync always`) so restarts keep the data.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(appendonly: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Self { port: free_port(), dir, child: None, appendonly };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--dir", &self.dir.path().to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.appendonly {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        self.child = Some(command.spawn().expect("spawn redis-server (is it installed?)"));
+        let url = self.url();
+        wait_until("redis-server to answer PING", || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A synchronous connection for assertions and fixtures.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connect to test redis")
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.conn()).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Creates `chat:<id>` with these members.
+    pub fn create_chat(&self, chat: u64, members: &[u64]) {
+        let key = format!("chat:{chat}");
+        let _: () = redis::cmd("DEL").arg(&key).query(&mut self.conn()).expect("DEL chat");
+        let _: () = redis::cmd("RPUSH").arg(&key).arg(members).query(&mut self.conn()).expect("RPUSH chat");
+    }
+
+    /// Number of entries pending in a user's device group.
+    pub fn pending(&self, user: u64, device: &str) -> u64 {
+        let reply: redis::Value = redis::cmd("XPENDING")
+            .arg(format!("inbox:{{user:{user}}}"))
+            .arg(device)
+            .query(&mut self.conn())
+            .expect("XPENDING");
+        match reply {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => *n as u64,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A courier process on a free port.
+pub struct Courier {
+    pub addr: SocketAddr,
+    child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Courier {
+    /// Starts courier against `redis_url` with test defaults and extra settings.
+    pub fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("courier.log");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        command
+            .env_clear()
+            .env("COURIER_LISTEN", addr.to_string())
+            .env("COURIER_REDIS_URL", redis_url)
+            .env("COURIER_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "courier=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("spawn courier");
+        let courier = Self { addr, child, log, _dir: dir };
+        wait_until("courier to listen", || std::net::TcpStream::connect(addr).is_ok());
+        courier
+    }
+
+    /// `ws://addr/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// `http://addr<path>`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Connects user `id` with the default device.
+    pub async fn connect(&self, id: u64) -> WsClient {
+        self.connect_device(id, "default").await
+    }
+
+    /// Connects user `id` as `device`.
+    pub async fn connect_device(&self, id: u64, device: &str) -> WsClient {
+        let url = format!("{}?device={device}", self.ws_url());
+        WsClient::connect_with_header(&url, "token", &token(id)).await.expect("websocket connect")
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} courier");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT * 3;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "courier did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process's log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Courier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A token for user `id` (username `user<id>`), valid for an hour.
+pub fn token(id: u64) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    token_with(json!({ "id": id, "username": format!("user{id}"), "exp": exp }))
+}
+
+/// An HS256 token with arbitrary claims, signed with [`SECRET`].
+pub fn token_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+/// A WebSocket client speaking the JSON protocol.
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What came back when the server refused the upgrade.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl WsClient {
+    /// Connects to `url` with one extra request header (or none if `header` is empty).
+    pub async fn connect_with_header(url: &str, header: &str, value: &str) -> Result<Self, Refusal> {
+        let mut request = url.into_client_request().expect("request");
+        if !header.is_empty() {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await {
+            Err(_) => panic!("connect to {url} timed out"),
+            Ok(Ok((ws, _))) => Ok(Self { ws }),
+            Ok(Err(WsError::Http(response))) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err(Refusal { status, body })
+            }
+            Ok(Err(e)) => panic!("connect to {url}: {e}"),
+        }
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send frame");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.expect("send frame");
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a batch of `(chat_id, text)` from `sender` and returns its time key.
+    pub async fn send_batch(&mut self, time_key: i64, sender: u64, messages: &[(u64, &str)]) {
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|(chat, text)| json!({"sender_id": sender, "chat_id": chat, "content_text": text}))
+            .collect();
+        self.send_json(json!({"type": "messages", "time_key": time_key, "messages": messages})).await;
+    }
+
+    /// Sends a batch and asserts it is acked.
+    pub async fn send_acked(&mut self, time_key: i64, sender: u64, messages: &[(u64, &str)]) {
+        self.send_batch(time_key, sender, messages).await;
+        let frame = self.recv_json().await;
+        assert_eq!(frame, json!({"type": "ack", "time_key": time_key}), "ack of batch {time_key}");
+    }
+
+    /// The next text frame, parsed (pings and pongs are skipped).
+    pub async fn recv_json(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended while waiting for a frame")
+                .expect("websocket error while waiting for a frame");
+            match message {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("server sent JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next delivery batch; asserts its shape (type, integer time key, non-empty).
+    pub async fn recv_batch(&mut self) -> Delivery {
+        let frame = self.recv_json().await;
+        assert_eq!(frame["type"], "messages", "expected a delivery batch, got {frame}");
+        let time_key = frame["time_key"].as_u64().expect("time_key is a non-negative integer");
+        assert!(time_key < (1 << 53), "time_key below 2^53");
+        let messages = frame["messages"].as_array().expect("messages array").clone();
+        assert!(!messages.is_empty(), "a delivery batch is never empty");
+        Delivery { time_key, messages }
+    }
+
+    /// Receives batches (acking none) until `count` messages arrived.
+    pub async fn recv_messages(&mut self, count: usize) -> (Vec<Value>, Vec<u64>) {
+        let mut messages = Vec::new();
+        let mut time_keys = Vec::new();
+        while messages.len() < count {
+            let batch = self.recv_batch().await;
+            time_keys.push(batch.time_key);
+            messages.extend(batch.messages);
+        }
+        assert_eq!(messages.len(), count, "exactly {count} messages");
+        (messages, time_keys)
+    }
+
+    /// Receives and acks batches until `count` messages arrived; returns them.
+    pub async fn recv_and_ack(&mut self, count: usize) -> Vec<Value> {
+        let mut messages = Vec::new();
+        while messages.len() < count {
+            let batch = self.recv_batch().await;
+            self.ack(batch.time_key).await;
+            messages.extend(batch.messages);
+        }
+        assert_eq!(messages.len(), count, "exactly {count} messages");
+        messages
+    }
+
+    /// Acks a delivery batch.
+    pub async fn ack(&mut self, time_key: u64) {
+        self.send_json(json!({"type": "ack", "time_key": time_key})).await;
+    }
+
+    /// The next frame, expected to be an error with this code; returns it.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let frame = self.recv_json().await;
+        assert_eq!(frame["type"], "error", "expected an error frame, got {frame}");
+        assert_eq!(frame["code"], code, "error code in {frame}");
+        assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()), "error has a message: {frame}");
+        frame
+    }
+
+    /// Waits for the server to close; returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close");
+            match next {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f: CloseFrame| u16::from(f.code));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Closes normally (1000) and waits for the server's side of the handshake.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+}
+
+/// A received delivery batch.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub time_key: u64,
+    pub messages: Vec<Value>,
+}
+
+/// The `content_text`s of delivered messages, in order.
+pub fn texts(messages: &[Value]) -> Vec<String> {
+    messages.iter().map(|m| m["content_text"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// The global `id`s of delivered messages, in order.
+pub fn ids(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["id"].as_u64().expect("id is an integer")).collect()
+}
