@@ -29,7 +29,7 @@
 //! - [`protocol`]: frames, error codes, close codes (pure).
 //! - [`session`]: one connection: reader loop, in-flight batches, writer.
 //! - [`store`]: the Redis layout: keys, scripts, send, inbox, notifications.
-//! - [`telemetry`]: logging.
+//! - [`telemetry`]: logging setup.
 
 pub mod auth;
 pub mod config;

@@ -34,7 +34,11 @@ async fn acked_batch_is_not_redelivered_after_reconnect() {
     alice.send_acked(2, 1, &[(10, "second")]).await;
     let mut bob = courier.connect(2).await;
     let batch = bob.recv_batch().await;
-    assert_eq!(texts(&batch.messages), ["second"], "only what was not acked");
+    assert_eq!(
+        texts(&batch.messages),
+        ["second"],
+        "only what was not acked"
+    );
 }
 
 #[tokio::test]
@@ -52,7 +56,11 @@ async fn unacked_entries_are_redelivered_after_reconnect_with_the_same_ids() {
 
     let mut bob = courier.connect(2).await;
     let again = bob.recv_batch().await;
-    assert_eq!(ids(&again.messages), ids(&first.messages), "same global ids on redelivery");
+    assert_eq!(
+        ids(&again.messages),
+        ids(&first.messages),
+        "same global ids on redelivery"
+    );
     assert!(again.time_key != first.time_key || again.messages == first.messages);
     bob.ack(again.time_key).await;
     wait_for_pending(&redis, 2, "default", 0).await;
@@ -80,7 +88,11 @@ async fn each_device_gets_every_message() {
     let on_laptop = laptop.recv_batch().await;
     assert_eq!(texts(&on_laptop.messages), ["again"]);
     wait_for_pending(&redis, 2, "phone", 0).await;
-    assert_eq!(redis.pending(2, "laptop"), 1, "the laptop has not acked yet");
+    assert_eq!(
+        redis.pending(2, "laptop"),
+        1,
+        "the laptop has not acked yet"
+    );
 }
 
 #[tokio::test]
@@ -103,8 +115,14 @@ async fn messages_arrive_in_send_order_per_user_and_in_bounded_batches() {
     let mut last_time_key = 0;
     while received.len() < 8 {
         let batch = bob.recv_batch().await;
-        assert!(batch.messages.len() <= 3, "at most COURIER_BATCH_MAX per batch");
-        assert!(batch.time_key > last_time_key, "time keys strictly increase");
+        assert!(
+            batch.messages.len() <= 3,
+            "at most COURIER_BATCH_MAX per batch"
+        );
+        assert!(
+            batch.time_key > last_time_key,
+            "time keys strictly increase"
+        );
         last_time_key = batch.time_key;
         bob.ack(batch.time_key).await;
         received.extend(batch.messages);
@@ -113,7 +131,9 @@ async fn messages_arrive_in_send_order_per_user_and_in_bounded_batches() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "stream order: {ids:?}");
     let order = texts(&received);
     assert_eq!(order.len(), 8);
-    let expected: Vec<String> = (0..4).flat_map(|n| [format!("a{n}"), format!("c{n}")]).collect();
+    let expected: Vec<String> = (0..4)
+        .flat_map(|n| [format!("a{n}"), format!("c{n}")])
+        .collect();
     assert_eq!(order, expected, "the order the sends were acked in");
 }
 
@@ -136,7 +156,11 @@ async fn received_acks_the_oldest_unacked_batch() {
     bob.close().await;
 
     let mut bob = courier.connect(2).await;
-    assert_eq!(texts(&bob.recv_batch().await.messages), ["two"], "only the newer batch is still pending");
+    assert_eq!(
+        texts(&bob.recv_batch().await.messages),
+        ["two"],
+        "only the newer batch is still pending"
+    );
 }
 
 #[tokio::test]
@@ -159,7 +183,10 @@ async fn unacked_batches_in_flight_are_bounded() {
     let redis = RedisServer::start();
     let courier = Courier::start(
         &redis.url(),
-        &[("COURIER_BATCH_MAX", "1"), ("COURIER_MAX_INFLIGHT_BATCHES", "2")],
+        &[
+            ("COURIER_BATCH_MAX", "1"),
+            ("COURIER_MAX_INFLIGHT_BATCHES", "2"),
+        ],
     );
     redis.create_chat(10, &[1, 2]);
     let mut alice = courier.connect(1).await;
@@ -170,10 +197,17 @@ async fn unacked_batches_in_flight_are_bounded() {
     let first = bob.recv_batch().await;
     let second = bob.recv_batch().await;
     // The third is held back until an ack frees a slot: acking the first releases it.
-    assert_eq!(redis.pending(2, "default"), 2, "only two batches were read from Redis");
+    assert_eq!(
+        redis.pending(2, "default"),
+        2,
+        "only two batches were read from Redis"
+    );
     bob.ack(first.time_key).await;
     let third = bob.recv_batch().await;
-    assert_eq!(texts(&[first.messages, second.messages, third.messages].concat()), ["m0", "m1", "m2"]);
+    assert_eq!(
+        texts(&[first.messages, second.messages, third.messages].concat()),
+        ["m0", "m1", "m2"]
+    );
 }
 
 #[tokio::test]
@@ -182,9 +216,17 @@ async fn consumer_is_deleted_when_its_connection_ends_with_nothing_pending() {
     let courier = Courier::start(&redis.url(), &[]);
     redis.create_chat(10, &[1, 2]);
     let bob = courier.connect(2).await;
-    assert_eq!(consumers(&redis, 2, "default"), 1, "one consumer per connection");
+    assert_eq!(
+        consumers(&redis, 2, "default"),
+        1,
+        "one consumer per connection"
+    );
     bob.close().await;
-    wait_for(|| consumers(&redis, 2, "default") == 0, "the idle consumer to be deleted").await;
+    wait_for(
+        || consumers(&redis, 2, "default") == 0,
+        "the idle consumer to be deleted",
+    )
+    .await;
 
     let mut alice = courier.connect(1).await;
     alice.send_acked(1, 1, &[(10, "keep me")]).await;
@@ -227,14 +269,21 @@ fn consumers(redis: &RedisServer, user: u64, group: &str) -> usize {
 }
 
 async fn wait_for_pending(redis: &RedisServer, user: u64, device: &str, expected: u64) {
-    wait_for(|| redis.pending(user, device) == expected, &format!("{expected} pending for {user}/{device}")).await;
+    wait_for(
+        || redis.pending(user, device) == expected,
+        &format!("{expected} pending for {user}/{device}"),
+    )
+    .await;
 }
 
 /// Polls a Redis-side condition that no frame announces (an XACK landing).
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

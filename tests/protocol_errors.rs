@@ -15,7 +15,9 @@ async fn every_recoverable_error_keeps_the_connection_open() {
     alice.send_text("{not json").await;
     alice.expect_error("invalid_json").await;
 
-    alice.send_text(r#"{"type":"messages","time_key":"abc","messages":[]}"#).await;
+    alice
+        .send_text(r#"{"type":"messages","time_key":"abc","messages":[]}"#)
+        .await;
     alice.expect_error("invalid_frame").await;
 
     alice.send_text(r#"{"type":"subscribe"}"#).await;
@@ -33,10 +35,17 @@ async fn every_recoverable_error_keeps_the_connection_open() {
     for old in old_formats {
         alice.send_json(old).await;
         let error = alice.expect_error("deprecated_format").await;
-        assert!(error["message"].as_str().is_some_and(|m| m.contains("\"type\":\"messages\"")), "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("\"type\":\"messages\"")),
+            "{error}"
+        );
     }
 
-    alice.send_json(json!({"type": "ack", "time_key": 12345})).await;
+    alice
+        .send_json(json!({"type": "ack", "time_key": 12345}))
+        .await;
     let error = alice.expect_error("unknown_time_key").await;
     assert_eq!(error["time_key"], 12345);
 

@@ -18,13 +18,20 @@ async fn message_fans_out_to_every_member_but_the_sender_with_one_global_id() {
 
     let to_bob = bob.recv_batch().await;
     let to_carol = carol.recv_batch().await;
-    assert_eq!(to_bob.messages, to_carol.messages, "same message, same id at every recipient");
+    assert_eq!(
+        to_bob.messages, to_carol.messages,
+        "same message, same id at every recipient"
+    );
     let message = &to_bob.messages[0];
     assert_eq!(message["sender_id"], 1);
     assert_eq!(message["chat_id"], 10);
     assert_eq!(message["content_text"], "hi");
     assert!(message["id"].as_u64().is_some());
-    assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:1}"]), 0, "the sender gets no copy");
+    assert_eq!(
+        redis.cmd::<u64>(&["XLEN", "inbox:{user:1}"]),
+        0,
+        "the sender gets no copy"
+    );
 }
 
 #[tokio::test]
@@ -38,7 +45,10 @@ async fn ack_comes_after_the_stream_entry_and_legacy_list_are_written() {
 
     assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 2);
     let legacy: Vec<String> = redis.cmd(&["LRANGE", "user:2", "0", "-1"]);
-    let legacy: Vec<serde_json::Value> = legacy.iter().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let legacy: Vec<serde_json::Value> = legacy
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     assert_eq!(
         legacy,
         vec![
@@ -48,7 +58,10 @@ async fn ack_comes_after_the_stream_entry_and_legacy_list_are_written() {
     );
     assert_eq!(redis.cmd::<u64>(&["GET", "message:last_id"]), 2);
     let ttl: i64 = redis.cmd(&["TTL", "dedup:{user:1}:1"]);
-    assert!(ttl > 0 && ttl <= 300, "dedup record expires within the window (ttl {ttl})");
+    assert!(
+        ttl > 0 && ttl <= 300,
+        "dedup record expires within the window (ttl {ttl})"
+    );
 }
 
 #[tokio::test]
@@ -74,24 +87,46 @@ async fn a_batch_with_one_bad_message_writes_nothing() {
     redis.create_chat(11, &[2, 3]);
     let mut alice = courier.connect(1).await;
 
-    alice.send_batch(5, 1, &[(10, "fine"), (11, "not my chat")]).await;
+    alice
+        .send_batch(5, 1, &[(10, "fine"), (11, "not my chat")])
+        .await;
     let error = alice.expect_error("not_a_member").await;
     assert_eq!(error["time_key"], 5);
-    assert!(error["message"].as_str().is_some_and(|m| m.contains("chat 11")), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chat 11")),
+        "{error}"
+    );
 
-    alice.send_batch(6, 1, &[(10, "fine"), (10, &"x".repeat(4097))]).await;
+    alice
+        .send_batch(6, 1, &[(10, "fine"), (10, &"x".repeat(4097))])
+        .await;
     alice.expect_error("invalid_frame").await;
 
-    alice.send_json(json!({"type": "messages", "time_key": 7, "messages": [
+    alice
+        .send_json(json!({"type": "messages", "time_key": 7, "messages": [
         {"sender_id": 1, "chat_id": 10, "content_text": "fine"},
         {"sender_id": 2, "chat_id": 10, "content_text": "impersonation"}]}))
         .await;
     let error = alice.expect_error("sender_mismatch").await;
     assert_eq!(error["time_key"], 7);
 
-    assert_eq!(redis.cmd::<u64>(&["EXISTS", "inbox:{user:2}"]), 0, "nothing written");
-    assert_eq!(redis.cmd::<u64>(&["EXISTS", "user:2"]), 0, "nothing written");
-    assert_eq!(redis.cmd::<u64>(&["EXISTS", "message:last_id"]), 0, "no id allocated");
+    assert_eq!(
+        redis.cmd::<u64>(&["EXISTS", "inbox:{user:2}"]),
+        0,
+        "nothing written"
+    );
+    assert_eq!(
+        redis.cmd::<u64>(&["EXISTS", "user:2"]),
+        0,
+        "nothing written"
+    );
+    assert_eq!(
+        redis.cmd::<u64>(&["EXISTS", "message:last_id"]),
+        0,
+        "no id allocated"
+    );
 }
 
 #[tokio::test]
@@ -109,13 +144,23 @@ async fn sender_may_receive_its_own_messages_when_configured() {
 #[tokio::test]
 async fn batch_limits_are_enforced() {
     let redis = RedisServer::start();
-    let courier = Courier::start(&redis.url(), &[("COURIER_BATCH_MAX", "2"), ("COURIER_MAX_TEXT_BYTES", "3")]);
+    let courier = Courier::start(
+        &redis.url(),
+        &[("COURIER_BATCH_MAX", "2"), ("COURIER_MAX_TEXT_BYTES", "3")],
+    );
     redis.create_chat(10, &[1, 2]);
     let mut alice = courier.connect(1).await;
 
-    alice.send_batch(1, 1, &[(10, "a"), (10, "b"), (10, "c")]).await;
+    alice
+        .send_batch(1, 1, &[(10, "a"), (10, "b"), (10, "c")])
+        .await;
     let error = alice.expect_error("invalid_frame").await;
-    assert!(error["message"].as_str().is_some_and(|m| m.contains("too many")), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many")),
+        "{error}"
+    );
     alice.send_batch(2, 1, &[(10, "four")]).await;
     alice.expect_error("invalid_frame").await;
     alice.send_batch(3, 1, &[]).await;

@@ -61,7 +61,12 @@ impl RedisServer {
 
     fn start_with(appendonly: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Self { port: free_port(), dir, child: None, appendonly };
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            appendonly,
+        };
         server.spawn();
         server
     }
@@ -69,7 +74,14 @@ impl RedisServer {
     fn spawn(&mut self) {
         let mut command = Command::new("redis-server");
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--dir", &self.dir.path().to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -78,7 +90,11 @@ impl RedisServer {
         } else {
             command.args(["--appendonly", "no"]);
         }
-        self.child = Some(command.spawn().expect("spawn redis-server (is it installed?)"));
+        self.child = Some(
+            command
+                .spawn()
+                .expect("spawn redis-server (is it installed?)"),
+        );
         let url = self.url();
         wait_until("redis-server to answer PING", || {
             redis::Client::open(url.as_str())
@@ -95,7 +111,9 @@ impl RedisServer {
 
     /// A synchronous connection for assertions and fixtures.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("connect to test redis")
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
     }
 
     /// Runs one command and returns its reply.
@@ -104,14 +122,22 @@ impl RedisServer {
         for arg in &args[1..] {
             cmd.arg(*arg);
         }
-        cmd.query(&mut self.conn()).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        cmd.query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
     /// Creates `chat:<id>` with these members.
     pub fn create_chat(&self, chat: u64, members: &[u64]) {
         let key = format!("chat:{chat}");
-        let _: () = redis::cmd("DEL").arg(&key).query(&mut self.conn()).expect("DEL chat");
-        let _: () = redis::cmd("RPUSH").arg(&key).arg(members).query(&mut self.conn()).expect("RPUSH chat");
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query(&mut self.conn())
+            .expect("DEL chat");
+        let _: () = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg(members)
+            .query(&mut self.conn())
+            .expect("RPUSH chat");
     }
 
     /// Number of entries pending in a user's device group.
@@ -179,8 +205,15 @@ impl Courier {
             command.env(name, value);
         }
         let child = command.spawn().expect("spawn courier");
-        let courier = Self { addr, child, log, _dir: dir };
-        wait_until("courier to listen", || std::net::TcpStream::connect(addr).is_ok());
+        let courier = Self {
+            addr,
+            child,
+            log,
+            _dir: dir,
+        };
+        wait_until("courier to listen", || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
         courier
     }
 
@@ -202,12 +235,16 @@ impl Courier {
     /// Connects user `id` as `device`.
     pub async fn connect_device(&self, id: u64, device: &str) -> WsClient {
         let url = format!("{}?device={device}", self.ws_url());
-        WsClient::connect_with_header(&url, "token", &token(id)).await.expect("websocket connect")
+        WsClient::connect_with_header(&url, "token", &token(id))
+            .await
+            .expect("websocket connect")
     }
 
     /// Sends a signal to the process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "kill -{signal} courier");
     }
 
@@ -266,11 +303,16 @@ pub struct Refusal {
 
 impl WsClient {
     /// Connects to `url` with one extra request header (or none if `header` is empty).
-    pub async fn connect_with_header(url: &str, header: &str, value: &str) -> Result<Self, Refusal> {
+    pub async fn connect_with_header(
+        url: &str,
+        header: &str,
+        value: &str,
+    ) -> Result<Self, Refusal> {
         let mut request = url.into_client_request().expect("request");
         if !header.is_empty() {
             request.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.as_bytes()).expect("name"),
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(header.as_bytes())
+                    .expect("name"),
                 HeaderValue::from_str(value).expect("header value"),
             );
         }
@@ -297,7 +339,10 @@ impl WsClient {
 
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
-        self.ws.send(Message::binary(bytes)).await.expect("send frame");
+        self.ws
+            .send(Message::binary(bytes))
+            .await
+            .expect("send frame");
     }
 
     /// Sends a JSON frame.
@@ -311,14 +356,19 @@ impl WsClient {
             .iter()
             .map(|(chat, text)| json!({"sender_id": sender, "chat_id": chat, "content_text": text}))
             .collect();
-        self.send_json(json!({"type": "messages", "time_key": time_key, "messages": messages})).await;
+        self.send_json(json!({"type": "messages", "time_key": time_key, "messages": messages}))
+            .await;
     }
 
     /// Sends a batch and asserts it is acked.
     pub async fn send_acked(&mut self, time_key: i64, sender: u64, messages: &[(u64, &str)]) {
         self.send_batch(time_key, sender, messages).await;
         let frame = self.recv_json().await;
-        assert_eq!(frame, json!({"type": "ack", "time_key": time_key}), "ack of batch {time_key}");
+        assert_eq!(
+            frame,
+            json!({"type": "ack", "time_key": time_key}),
+            "ack of batch {time_key}"
+        );
     }
 
     /// The next text frame, parsed (pings and pongs are skipped).
@@ -330,7 +380,9 @@ impl WsClient {
                 .expect("connection ended while waiting for a frame")
                 .expect("websocket error while waiting for a frame");
             match message {
-                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("server sent JSON"),
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).expect("server sent JSON");
+                }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
             }
@@ -340,10 +392,18 @@ impl WsClient {
     /// The next delivery batch; asserts its shape (type, integer time key, non-empty).
     pub async fn recv_batch(&mut self) -> Delivery {
         let frame = self.recv_json().await;
-        assert_eq!(frame["type"], "messages", "expected a delivery batch, got {frame}");
-        let time_key = frame["time_key"].as_u64().expect("time_key is a non-negative integer");
+        assert_eq!(
+            frame["type"], "messages",
+            "expected a delivery batch, got {frame}"
+        );
+        let time_key = frame["time_key"]
+            .as_u64()
+            .expect("time_key is a non-negative integer");
         assert!(time_key < (1 << 53), "time_key below 2^53");
-        let messages = frame["messages"].as_array().expect("messages array").clone();
+        let messages = frame["messages"]
+            .as_array()
+            .expect("messages array")
+            .clone();
         assert!(!messages.is_empty(), "a delivery batch is never empty");
         Delivery { time_key, messages }
     }
@@ -375,22 +435,31 @@ impl WsClient {
 
     /// Acks a delivery batch.
     pub async fn ack(&mut self, time_key: u64) {
-        self.send_json(json!({"type": "ack", "time_key": time_key})).await;
+        self.send_json(json!({"type": "ack", "time_key": time_key}))
+            .await;
     }
 
     /// The next frame, expected to be an error with this code; returns it.
     pub async fn expect_error(&mut self, code: &str) -> Value {
         let frame = self.recv_json().await;
-        assert_eq!(frame["type"], "error", "expected an error frame, got {frame}");
+        assert_eq!(
+            frame["type"], "error",
+            "expected an error frame, got {frame}"
+        );
         assert_eq!(frame["code"], code, "error code in {frame}");
-        assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()), "error has a message: {frame}");
+        assert!(
+            frame["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error has a message: {frame}"
+        );
         frame
     }
 
     /// Waits for the server to close; returns the close code.
     pub async fn expect_close(&mut self) -> Option<u16> {
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close");
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
             match next {
                 Some(Ok(Message::Close(frame))) => {
                     return frame.map(|f: CloseFrame| u16::from(f.code));
@@ -417,10 +486,50 @@ pub struct Delivery {
 
 /// The `content_text`s of delivered messages, in order.
 pub fn texts(messages: &[Value]) -> Vec<String> {
-    messages.iter().map(|m| m["content_text"].as_str().unwrap_or_default().to_string()).collect()
+    messages
+        .iter()
+        .map(|m| m["content_text"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// The global `id`s of delivered messages, in order.
 pub fn ids(messages: &[Value]) -> Vec<u64> {
-    messages.iter().map(|m| m["id"].as_u64().expect("id is an integer")).collect()
+    messages
+        .iter()
+        .map(|m| m["id"].as_u64().expect("id is an integer"))
+        .collect()
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: courier\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("response timed out")
+        .expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Path of a test fixture file.
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
