@@ -126,6 +126,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1024..=67_108_864))]
     pub max_frame_bytes: u64,
 
+    /// A socket write stalled this long (the client stopped reading) drops the
+    /// connection as a slow consumer; its entries stay pending. Defaults to 10000.
+    #[arg(long, env = "COURIER_WRITE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub write_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, time allowed for connections to close before exiting, in
+    /// milliseconds. Defaults to 10000.
+    #[arg(long, env = "COURIER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
     /// Timeout of one Redis command, in milliseconds. Defaults to 5000.
     #[arg(long, env = "COURIER_REDIS_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..))]

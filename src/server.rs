@@ -61,9 +61,6 @@ pub struct Server {
     notifier_task: tokio::task::JoinHandle<()>,
 }
 
-/// Time allowed for sessions to close after shutdown is signalled.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl Server {
     /// Binds the listener and sets up Redis handles (connected lazily).
     pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Self, ConfigError> {
@@ -102,6 +99,10 @@ impl Server {
             poll_interval: config.poll_interval(),
             ping_interval: Duration::from_millis(config.ping_interval_ms),
             dead_letter_maxlen: config.stream_maxlen,
+            ack_timeout: config.ack_timeout(),
+            max_deliveries: config.max_deliveries,
+            stale_consumer_after: config.poll_interval() * 3,
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
         };
         let state = Arc::new(AppState {
             config,
@@ -160,7 +161,8 @@ impl Server {
         }
         drop(listener);
         state.sessions.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, state.sessions.wait())
+        let drain_timeout = Duration::from_millis(state.config.drain_timeout_ms);
+        if tokio::time::timeout(drain_timeout, state.sessions.wait())
             .await
             .is_err()
         {

@@ -1,9 +1,14 @@
 //! The delivery batches a connection has pushed and the client has not acked yet.
 //! Pure bookkeeping, tested without I/O.
 //!
-//! Invariants: at most `max` batches; time keys strictly increase and stay below
-//! 2^53; an entry is in at most one batch (the reader never reads an entry it has
-//! in flight: it walks its pending entries forward once, then reads only new ones).
+//! Invariants: at most `max` batches are read from Redis while others are unacked;
+//! time keys strictly increase and stay below 2^53; an entry is in at most one live
+//! batch (the reader walks its pending entries forward once, then reads only new
+//! ones; a redelivery first retires the batches that held the entries).
+//!
+//! A retired batch is no longer waited for, but its `time_key` stays ackable for a
+//! while: the client did receive those entries, so a late ack of the old batch still
+//! XACKs them.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -26,15 +31,21 @@ pub struct Batch {
 #[derive(Debug)]
 pub struct InFlight {
     batches: VecDeque<Batch>,
+    /// Batches replaced by a redelivery, newest last, at most [`RETIRED_KEPT`].
+    retired: VecDeque<Batch>,
     max: usize,
     last_time_key: u64,
 }
+
+/// How many retired batches stay ackable.
+const RETIRED_KEPT: usize = 64;
 
 impl InFlight {
     /// Room for `max` unacked batches.
     pub fn new(max: usize) -> Self {
         Self {
             batches: VecDeque::with_capacity(max.min(16)),
+            retired: VecDeque::new(),
             max,
             last_time_key: 0,
         }
@@ -60,15 +71,45 @@ impl InFlight {
         self.batches.push_back(batch);
     }
 
-    /// Removes and returns the batch with this time key.
+    /// Removes and returns the batch (live or retired) with this time key.
     pub fn take(&mut self, time_key: u64) -> Option<Batch> {
-        let index = self.batches.iter().position(|b| b.time_key == time_key)?;
-        self.batches.remove(index)
+        if let Some(index) = self.batches.iter().position(|b| b.time_key == time_key) {
+            return self.batches.remove(index);
+        }
+        let index = self.retired.iter().position(|b| b.time_key == time_key)?;
+        self.retired.remove(index)
     }
 
-    /// The batch with this time key.
+    /// The batch (live or retired) with this time key.
     pub fn get(&self, time_key: u64) -> Option<&Batch> {
-        self.batches.iter().find(|b| b.time_key == time_key)
+        self.batches
+            .iter()
+            .chain(&self.retired)
+            .find(|b| b.time_key == time_key)
+    }
+
+    /// Retires every live batch holding one of `stream_ids` (they are about to be
+    /// delivered again in a new batch).
+    pub fn retire_containing(&mut self, stream_ids: &[&str]) {
+        let (retire, keep): (Vec<Batch>, Vec<Batch>) = self.batches.drain(..).partition(|b| {
+            b.stream_ids
+                .iter()
+                .any(|id| stream_ids.contains(&id.as_str()))
+        });
+        self.batches = keep.into();
+        for batch in retire {
+            if self.retired.len() == RETIRED_KEPT {
+                self.retired.pop_front();
+            }
+            self.retired.push_back(batch);
+        }
+    }
+
+    /// Whether a live batch has waited at least `timeout` for its ack.
+    pub fn any_older_than(&self, timeout: std::time::Duration) -> bool {
+        self.batches
+            .front()
+            .is_some_and(|b| b.sent_at.elapsed() >= timeout)
     }
 
     /// The oldest batch (what `received` acks).
@@ -110,5 +151,20 @@ mod tests {
         assert_eq!(inflight.take(2), None);
         assert_eq!(inflight.get(1).map(|b| b.stream_ids.len()), Some(1));
         assert!(inflight.has_room());
+    }
+
+    #[test]
+    fn retired_batches_leave_the_window_but_stay_ackable() {
+        let mut inflight = InFlight::new(2);
+        inflight.push(batch(1));
+        inflight.push(batch(2));
+        inflight.retire_containing(&["1-0"]);
+        assert!(inflight.has_room(), "the retired batch no longer counts");
+        assert_eq!(inflight.oldest().map(|b| b.time_key), Some(2));
+        assert_eq!(
+            inflight.take(1).map(|b| b.stream_ids),
+            Some(vec!["1-0".to_string()])
+        );
+        assert_eq!(inflight.take(1), None);
     }
 }

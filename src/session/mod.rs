@@ -55,6 +55,15 @@ pub struct SessionSettings {
     pub ping_interval: Duration,
     /// Bound of the dead-letter stream.
     pub dead_letter_maxlen: u64,
+    /// Redelivery after this long unacked.
+    pub ack_timeout: Duration,
+    /// Deliveries before an entry is dead-lettered.
+    pub max_deliveries: u64,
+    /// A consumer with nothing pending that has not read for this long is deleted by
+    /// the next connection of its device.
+    pub stale_consumer_after: Duration,
+    /// A socket write stalled this long closes the connection (slow consumer).
+    pub write_timeout: Duration,
 }
 
 /// A connection ready to be served: authenticated, subscribed, its consumer joined.
@@ -78,7 +87,10 @@ pub async fn prepare(
         consumer: format!("{}-{}", state.instance_id, uuid::Uuid::new_v4()),
     };
     let subscription = state.notifier.subscribe(claims.id).await?;
-    let report = state.store.join(&consumer).await?;
+    let report = state
+        .store
+        .join(&consumer, state.session.stale_consumer_after)
+        .await?;
     if report.trimmed > 0 {
         warn!(
             user = claims.id,
@@ -86,7 +98,12 @@ pub async fn prepare(
             "pending entries were trimmed before delivery"
         );
     }
-    debug!(consumer = %consumer.consumer, claimed = report.claimed, "consumer joined");
+    debug!(
+        consumer = %consumer.consumer,
+        claimed = report.claimed,
+        deleted_consumers = report.deleted_consumers,
+        "consumer joined"
+    );
     Ok(Prepared {
         claims,
         consumer,
@@ -103,7 +120,11 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
     } = prepared;
     let span = tracing::info_span!("connection", user = claims.id, device = %consumer.device, consumer = %consumer.consumer);
     let (sink, stream) = ws.split();
-    let outbox = Outbox::spawn(sink, state.session.outbound_queue);
+    let outbox = Outbox::spawn(
+        sink,
+        state.session.outbound_queue,
+        state.session.write_timeout,
+    );
     let mut session = Session {
         inflight: InFlight::new(state.session.max_inflight_batches),
         state: state.clone(),
@@ -112,6 +133,8 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
         subscription,
         outbox,
         history_cursor: Some("0".into()),
+        reclaim_cursor: "0-0".into(),
+        last_reclaim: Instant::now(),
         want_read: true,
         last_seen: Instant::now(),
     };
@@ -157,6 +180,10 @@ struct Session {
     /// While `Some`, the consumer's own pending entries after this id are read first;
     /// `None` once they are all delivered, then only new entries are read.
     history_cursor: Option<String>,
+    /// Where the next reclaim scan of the group's pending list continues.
+    reclaim_cursor: String,
+    /// When the group was last scanned for timed-out entries.
+    last_reclaim: Instant,
     /// A wake-up or poll asked for a read that has not happened yet.
     want_read: bool,
     /// Last frame of any kind from the client.
@@ -170,6 +197,10 @@ impl Session {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping = tokio::time::interval(settings.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ack_check = tokio::time::interval(
+            (settings.ack_timeout / 4).clamp(Duration::from_millis(10), settings.poll_interval),
+        );
+        ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let expiry = token_expiry(&self.claims);
         let shutdown = self.state.shutdown.clone();
         loop {
@@ -202,8 +233,17 @@ impl Session {
                         return ending;
                     }
                 }
+                _ = self.outbox.closed() => return Ending::Dropped("socket write stalled or failed"),
                 _ = self.subscription.notified() => self.want_read = true,
                 _ = poll.tick() => self.want_read = true,
+                _ = ack_check.tick() => {
+                    let overdue = self.inflight.any_older_than(settings.ack_timeout);
+                    if overdue || self.last_reclaim.elapsed() >= settings.ack_timeout {
+                        if let Err(ending) = self.reclaim().await {
+                            return ending;
+                        }
+                    }
+                }
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > settings.ping_interval * 2 {
                         return Ending::Dropped("no pong within two ping intervals");
@@ -336,21 +376,72 @@ impl Session {
         Ok(())
     }
 
-    /// Turns read entries into one delivery batch; trimmed entries are acked and
-    /// malformed ones dead-lettered, as neither can be delivered.
+    /// Takes back timed-out entries of the device's group (this connection's own
+    /// unacked deliveries and dead connections' leftovers) and delivers them again in
+    /// new batches, retiring the batches that held them.
+    async fn reclaim(&mut self) -> Result<(), Ending> {
+        self.last_reclaim = Instant::now();
+        let settings = &self.state.session;
+        let reclaimed = match self
+            .state
+            .store
+            .reclaim(
+                &self.consumer,
+                settings.ack_timeout,
+                &self.reclaim_cursor,
+                settings.batch_max,
+            )
+            .await
+        {
+            Ok(reclaimed) => reclaimed,
+            Err(e) => {
+                warn!(error = %e, "reclaim failed; retrying at the next check");
+                return Ok(());
+            }
+        };
+        self.reclaim_cursor = reclaimed.cursor;
+        if reclaimed.trimmed > 0 {
+            warn!(
+                count = reclaimed.trimmed,
+                "pending entries were trimmed before delivery"
+            );
+        }
+        if reclaimed.entries.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = reclaimed
+            .entries
+            .iter()
+            .map(|e| e.stream_id.as_str())
+            .collect();
+        self.inflight.retire_containing(&ids);
+        debug!(
+            count = reclaimed.entries.len(),
+            "redelivering timed-out entries"
+        );
+        self.push_batch(reclaimed.entries).await
+    }
+
+    /// Turns read entries into one delivery batch. Entries past the maximum number of
+    /// deliveries and malformed ones are dead-lettered; trimmed ones are acked, as
+    /// none of them can be delivered.
     async fn push_batch(&mut self, entries: Vec<crate::store::StreamEntry>) -> Result<(), Ending> {
+        let max_deliveries = self.state.session.max_deliveries;
         let mut messages = Vec::with_capacity(entries.len());
         let mut stream_ids = Vec::with_capacity(entries.len());
         let mut trimmed = Vec::new();
-        let mut malformed = Vec::new();
+        let mut dead = Vec::new();
         for entry in entries {
             match entry.body {
+                EntryBody::Trimmed => trimmed.push(entry.stream_id),
+                _ if entry.deliveries > max_deliveries => {
+                    dead.push((entry.stream_id, entry.deliveries - 1))
+                }
+                EntryBody::Malformed => dead.push((entry.stream_id, entry.deliveries)),
                 EntryBody::Message { message, .. } => {
                     messages.push(message);
                     stream_ids.push(entry.stream_id);
                 }
-                EntryBody::Trimmed => trimmed.push(entry.stream_id),
-                EntryBody::Malformed => malformed.push((entry.stream_id, 1)),
             }
         }
         if !trimmed.is_empty() {
@@ -362,19 +453,16 @@ impl Session {
                 warn!(error = %e, "could not ack trimmed entries");
             }
         }
-        if !malformed.is_empty() {
-            warn!(
-                count = malformed.len(),
-                "malformed inbox entries moved to dead letters"
-            );
+        if !dead.is_empty() {
+            warn!(count = dead.len(), "entries moved to dead letters");
             let maxlen = self.state.session.dead_letter_maxlen;
             if let Err(e) = self
                 .state
                 .store
-                .dead_letter(&self.consumer, &malformed, maxlen)
+                .dead_letter(&self.consumer, &dead, maxlen)
                 .await
             {
-                warn!(error = %e, "could not dead-letter malformed entries");
+                warn!(error = %e, "could not dead-letter entries; they stay pending");
             }
         }
         if messages.is_empty() {

@@ -17,10 +17,6 @@ use tokio::task::JoinHandle;
 
 use crate::protocol::CloseCode;
 
-/// Time allowed for one socket write (and for the close frame) before the
-/// connection is given up.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 type Sink = SplitSink<HyperWebsocketStream, Message>;
 
 /// The session's handle on the writer task.
@@ -31,6 +27,7 @@ pub struct Outbox {
     /// The close frame; received by the writer, which sends it at once and ends.
     close: Option<oneshot::Sender<CloseFrame>>,
     task: JoinHandle<()>,
+    write_timeout: Duration,
 }
 
 /// The outbound queue is full: the client does not read fast enough.
@@ -38,16 +35,23 @@ pub struct Outbox {
 pub struct Full;
 
 impl Outbox {
-    /// Spawns the writer over `sink` with a queue of `capacity` frames.
-    pub fn spawn(sink: Sink, capacity: usize) -> Self {
+    /// Spawns the writer over `sink` with a queue of `capacity` frames; a write that
+    /// takes longer than `write_timeout` ends it.
+    pub fn spawn(sink: Sink, capacity: usize, write_timeout: Duration) -> Self {
         let (frames, frame_rx) = mpsc::channel(capacity);
         let (close, close_rx) = oneshot::channel();
-        let task = tokio::spawn(write_loop(sink, frame_rx, close_rx));
+        let task = tokio::spawn(write_loop(sink, frame_rx, close_rx, write_timeout));
         Self {
             frames,
             close: Some(close),
             task,
+            write_timeout,
         }
+    }
+
+    /// Completes when the writer has ended (socket failed or stalled).
+    pub async fn closed(&self) {
+        self.frames.closed().await;
     }
 
     /// Queues a frame without waiting.
@@ -55,25 +59,29 @@ impl Outbox {
         self.frames.try_send(message).map_err(|_| Full)
     }
 
-    /// Sends the close frame (ahead of anything still queued) and waits for the
-    /// writer to end.
+    /// Sends the close frame after what is already queued (or, when the queue is
+    /// full, ahead of it) and waits for the writer to end.
     pub async fn close(mut self, code: CloseCode, reason: &str) {
-        if let Some(close) = self.close.take() {
-            let frame = CloseFrame {
-                code: WsCloseCode::from(code.code()),
-                reason: reason.to_owned().into(),
-            };
-            let _ = close.send(frame);
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.code()),
+            reason: reason.to_owned().into(),
+        };
+        if let Err(unsent) = self.frames.try_send(Message::Close(Some(frame))) {
+            if let (Some(close), Message::Close(Some(frame))) =
+                (self.close.take(), unsent.into_inner())
+            {
+                let _ = close.send(frame);
+            }
         }
         drop(self.frames);
-        let _ = tokio::time::timeout(WRITE_TIMEOUT * 2, self.task).await;
+        let _ = tokio::time::timeout(self.write_timeout * 2, self.task).await;
     }
 
     /// Writes what is queued, then ends without a close frame (the peer closed).
     pub async fn finish(self) {
         drop(self.frames);
         drop(self.close);
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.task).await;
+        let _ = tokio::time::timeout(self.write_timeout, self.task).await;
     }
 }
 
@@ -81,6 +89,7 @@ async fn write_loop(
     mut sink: Sink,
     mut frames: mpsc::Receiver<Message>,
     mut close: oneshot::Receiver<CloseFrame>,
+    write_timeout: Duration,
 ) {
     let mut close_pending = true;
     loop {
@@ -88,7 +97,7 @@ async fn write_loop(
             biased;
             frame = &mut close, if close_pending => match frame {
                 Ok(frame) => {
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+                    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
                     break;
                 }
                 Err(_) => {
@@ -99,12 +108,13 @@ async fn write_loop(
             message = frames.recv() => match message {
                 Some(message) => message,
                 None => {
-                    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.flush()).await;
+                    let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
                     break;
                 }
             },
         };
-        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let is_close = message.is_close();
+        let written = tokio::time::timeout(write_timeout, async {
             sink.feed(message).await?;
             if frames.is_empty() {
                 sink.flush().await?;
@@ -112,8 +122,14 @@ async fn write_loop(
             Ok::<_, hyper_tungstenite::tungstenite::Error>(())
         })
         .await;
-        if !matches!(written, Ok(Ok(()))) {
-            break;
+        match written {
+            Ok(Ok(())) if is_close => break,
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::warn!("socket write stalled: slow consumer, dropping the connection");
+                break;
+            }
         }
     }
 }

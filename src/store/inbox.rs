@@ -2,15 +2,20 @@
 //! group, the reads that deliver entries, the acks, dead letters, and leaving.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::{Script, Value};
 
-use super::reply::{parse_entries, value_text};
+use super::reply::{parse_counted_entries, parse_entries, value_text};
 use super::{Store, StoreError, keys};
 use crate::protocol::DeliveredMessage;
 
 static JOIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("join.lua")));
 static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("leave.lua")));
+static READ_PENDING_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("read_pending.lua")));
+static RECLAIM_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("reclaim.lua")));
 static DEAD_LETTER_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("dead_letter.lua")));
 
@@ -32,6 +37,8 @@ pub struct StreamEntry {
     pub stream_id: String,
     /// What the entry holds.
     pub body: EntryBody,
+    /// Times Redis has handed it out, this delivery included.
+    pub deliveries: u64,
 }
 
 /// The content of a read entry.
@@ -66,34 +73,102 @@ pub struct JoinReport {
     pub claimed: u64,
     /// Pending entries found trimmed from the stream.
     pub trimmed: u64,
+    /// Stale consumers (nothing pending, not reading) deleted.
+    pub deleted_consumers: u64,
+}
+
+/// What a reclaim took back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reclaimed {
+    /// Where the next reclaim continues (`0-0`: from the start).
+    pub cursor: String,
+    /// Entries now owned by this consumer, with their delivery counts.
+    pub entries: Vec<StreamEntry>,
+    /// Pending entries found trimmed from the stream (removed from the PEL).
+    pub trimmed: u64,
 }
 
 impl Store {
-    /// Creates the device's group and this consumer, and claims what earlier
-    /// connections of the device left pending. One round trip.
-    pub async fn join(&self, consumer: &ConsumerRef) -> Result<JoinReport, StoreError> {
-        let (claimed, trimmed): (u64, u64) = JOIN_SCRIPT
+    /// Creates the device's group and this consumer, claims what earlier
+    /// connections of the device left pending, and deletes the group's consumers that
+    /// have nothing pending and have not read for `stale_after`. One round trip.
+    pub async fn join(
+        &self,
+        consumer: &ConsumerRef,
+        stale_after: Duration,
+    ) -> Result<JoinReport, StoreError> {
+        let (claimed, trimmed, deleted_consumers): (u64, u64, u64) = JOIN_SCRIPT
             .key(keys::inbox(consumer.user))
             .arg(&consumer.device)
             .arg(&consumer.consumer)
+            .arg(stale_after.as_millis() as u64)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.error(e))?;
-        Ok(JoinReport { claimed, trimmed })
+        Ok(JoinReport {
+            claimed,
+            trimmed,
+            deleted_consumers,
+        })
     }
 
-    /// Reads up to `count` entries for the consumer (XREADGROUP, never blocking).
-    /// Every read bumps the entries' delivery count in Redis.
+    /// Reads up to `count` entries for the consumer (never blocking). Every read bumps
+    /// the entries' delivery count in Redis; reads of pending entries report it.
     pub async fn read(
         &self,
         consumer: &ConsumerRef,
         from: ReadFrom<'_>,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        let id = match from {
-            ReadFrom::PendingAfter(id) => id,
-            ReadFrom::New => ">",
+        let after = match from {
+            ReadFrom::PendingAfter(after) => after,
+            ReadFrom::New => return self.read_new(consumer, count).await,
         };
+        let reply: Value = READ_PENDING_SCRIPT
+            .key(keys::inbox(consumer.user))
+            .arg(&consumer.device)
+            .arg(&consumer.consumer)
+            .arg(after)
+            .arg(count)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        parse_counted_entries(reply).map_err(StoreError::Internal)
+    }
+
+    /// Claims, for this consumer, up to `count` entries of the group unacked for at
+    /// least `min_idle` (timed-out deliveries, its own or a dead connection's),
+    /// scanning the pending list from `cursor`.
+    pub async fn reclaim(
+        &self,
+        consumer: &ConsumerRef,
+        min_idle: Duration,
+        cursor: &str,
+        count: usize,
+    ) -> Result<Reclaimed, StoreError> {
+        let (cursor, entries, trimmed): (String, Value, u64) = RECLAIM_SCRIPT
+            .key(keys::inbox(consumer.user))
+            .arg(&consumer.device)
+            .arg(&consumer.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(cursor)
+            .arg(count)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.error(e))?;
+        let entries = parse_counted_entries(entries).map_err(StoreError::Internal)?;
+        Ok(Reclaimed {
+            cursor,
+            entries,
+            trimmed,
+        })
+    }
+
+    async fn read_new(
+        &self,
+        consumer: &ConsumerRef,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
         let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&consumer.device)
@@ -102,7 +177,7 @@ impl Store {
             .arg(count)
             .arg("STREAMS")
             .arg(keys::inbox(consumer.user))
-            .arg(id)
+            .arg(">")
             .query_async(&mut self.conn())
             .await
             .map_err(|e| self.error(e))?;
@@ -168,10 +243,15 @@ impl Store {
 
 impl StreamEntry {
     /// Builds an entry from its id and field/value pairs (`None`: trimmed).
-    pub(super) fn from_fields(stream_id: String, fields: Option<Vec<(Value, Value)>>) -> Self {
+    pub(super) fn from_fields(
+        stream_id: String,
+        fields: Option<Vec<(Value, Value)>>,
+        deliveries: u64,
+    ) -> Self {
         let Some(fields) = fields else {
             return Self {
                 stream_id,
+                deliveries,
                 body: EntryBody::Trimmed,
             };
         };
@@ -205,6 +285,10 @@ impl StreamEntry {
             },
             _ => EntryBody::Malformed,
         };
-        Self { stream_id, body }
+        Self {
+            stream_id,
+            body,
+            deliveries,
+        }
     }
 }

@@ -68,8 +68,41 @@ pub fn parse_entries(reply: Value) -> Result<Vec<StreamEntry>, String> {
                 .pop()
                 .and_then(|f| if f == Value::Nil { None } else { pairs(f) });
             let id = parts.pop().and_then(value_text).ok_or("entry without id")?;
-            out.push(StreamEntry::from_fields(id, fields));
+            out.push(StreamEntry::from_fields(id, fields, 1));
         }
+    }
+    Ok(out)
+}
+
+/// Entries as the read-pending and reclaim scripts return them:
+/// `{{id, fields or nil, deliveries}, ...}`.
+pub fn parse_counted_entries(reply: Value) -> Result<Vec<StreamEntry>, String> {
+    let entries = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(entries) => entries,
+        other => return Err(format!("unexpected script reply {other:?}")),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            return Err("unexpected script entry".into());
+        };
+        let mut parts = parts.into_iter();
+        let (Some(id), Some(fields), Some(Value::Int(deliveries))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err("unexpected script entry shape".into());
+        };
+        let id = value_text(id).ok_or("entry without id")?;
+        let fields = match fields {
+            Value::Nil | Value::Boolean(false) => None,
+            fields => pairs(fields),
+        };
+        out.push(StreamEntry::from_fields(
+            id,
+            fields,
+            deliveries.unsigned_abs(),
+        ));
     }
     Ok(out)
 }
