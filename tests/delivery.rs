@@ -254,36 +254,3 @@ async fn concurrent_connections_of_two_users_each_get_their_own_messages_only() 
     assert_eq!(texts(&bob.recv_batch().await.messages), ["for bob"]);
     assert_eq!(texts(&dave.recv_batch().await.messages), ["for dave"]);
 }
-
-fn consumers(redis: &RedisServer, user: u64, group: &str) -> usize {
-    let reply: redis::Value = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(format!("inbox:{{user:{user}}}"))
-        .arg(group)
-        .query(&mut redis.conn())
-        .expect("XINFO CONSUMERS");
-    match reply {
-        redis::Value::Array(items) => items.len(),
-        _ => 0,
-    }
-}
-
-async fn wait_for_pending(redis: &RedisServer, user: u64, device: &str, expected: u64) {
-    wait_for(
-        || redis.pending(user, device) == expected,
-        &format!("{expected} pending for {user}/{device}"),
-    )
-    .await;
-}
-
-/// Polls a Redis-side condition that no frame announces (an XACK landing).
-async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}

@@ -164,6 +164,32 @@ impl RedisServer {
         }
     }
 
+    /// Appends a command to the AOF of a stopped persistent server, as if it had run
+    /// just before the stop (Redis 7 multi-part AOF: the `.incr.aof` file).
+    pub fn append_to_aof(&self, args: &[&str]) {
+        assert!(
+            self.child.is_none() && self.appendonly,
+            "only on a stopped persistent server"
+        );
+        let dir = self.dir.path().join("appendonlydir");
+        let incr = std::fs::read_dir(&dir)
+            .expect("appendonlydir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".incr.aof"))
+            .expect("an incr AOF file");
+        let mut resp = format!("*{}\r\n", args.len());
+        for arg in args {
+            resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(incr)
+            .expect("open AOF");
+        file.write_all(resp.as_bytes()).expect("append to AOF");
+    }
+
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
@@ -470,6 +496,19 @@ impl WsClient {
         }
     }
 
+    /// Reads (and drops) whatever arrives until the connection ends; true if it
+    /// ended within [`WAIT`].
+    pub async fn read_until_end(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
     /// Closes normally (1000) and waits for the server's side of the handshake.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
@@ -532,4 +571,37 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// Path of a test fixture file.
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls a condition that no frame announces (an XACK landing, a log line), every
+/// 10 ms, failing with `what` after [`WAIT`].
+pub async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `expected` entries are pending in a user's device group.
+pub async fn wait_for_pending(redis: &RedisServer, user: u64, device: &str, expected: u64) {
+    let what = format!("{expected} pending for user {user} device {device}");
+    wait_for(|| redis.pending(user, device) == expected, &what).await;
+}
+
+/// Number of consumers in a user's device group.
+pub fn consumers(redis: &RedisServer, user: u64, group: &str) -> usize {
+    let reply: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(format!("inbox:{{user:{user}}}"))
+        .arg(group)
+        .query(&mut redis.conn())
+        .expect("XINFO CONSUMERS");
+    match reply {
+        redis::Value::Array(items) => items.len(),
+        _ => 0,
+    }
 }
