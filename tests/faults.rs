@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
