@@ -33,6 +33,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;

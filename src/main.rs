@@ -15,7 +15,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    courier::telemetry::init(&config.log_format);
+    let telemetry = match courier::telemetry::init(&config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("courier: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = CancellationToken::new();
     let server = match Server::bind(config, shutdown.clone()).await {
         Ok(server) => server,
@@ -29,5 +35,6 @@ async fn main() -> ExitCode {
         shutdown.cancel();
     });
     server.run().await;
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     ExitCode::SUCCESS
 }

@@ -406,6 +406,15 @@ pub enum ServerFrame<'a> {
 }
 
 impl ServerFrame<'_> {
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ack { .. } => "ack",
+            Self::Messages { .. } => "messages",
+            Self::Error { .. } => "error",
+        }
+    }
+
     /// The frame as JSON text.
     pub fn encode(&self) -> String {
         // Serialising these types cannot fail: no maps with non-string keys, no

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::auth::{AuthError, Authenticator, query_param};
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::protocol::BatchLimits;
 use crate::session::{self, SessionSettings};
 use crate::store::notify::Notifier;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub store: Store,
     /// Redis wake-ups.
     pub notifier: Notifier,
+    /// Prometheus metrics, served at `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// Per-connection settings.
     pub session: SessionSettings,
     /// Cancelled when the server shuts down; every session watches it and closes with
@@ -69,10 +72,12 @@ impl Server {
             url: config.redis_url.clone(),
             response_timeout: Duration::from_millis(config.redis_timeout_ms),
         };
-        let store =
-            Store::open(&options).map_err(|e| ConfigError(format!("COURIER_REDIS_URL: {e}")))?;
-        let (notifier, notifier_task) = Notifier::start(&options, shutdown.clone())
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(&options, metrics.clone())
             .map_err(|e| ConfigError(format!("COURIER_REDIS_URL: {e}")))?;
+        let (notifier, notifier_task) =
+            Notifier::start(&options, metrics.clone(), shutdown.clone())
+                .map_err(|e| ConfigError(format!("COURIER_REDIS_URL: {e}")))?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             ConfigError(format!(
                 "COURIER_LISTEN: cannot listen on {}: {e}",
@@ -110,6 +115,7 @@ impl Server {
             auth,
             store,
             notifier,
+            metrics,
             session,
             shutdown,
             sessions: TaskTracker::new(),
@@ -196,6 +202,16 @@ async fn handle(
 ) -> Result<HttpResponse, Infallible> {
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/ws") => upgrade(state, request).await,
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => match state.store.ping().await {
             Ok(()) => text(StatusCode::OK, "ready"),
@@ -205,7 +221,7 @@ async fn handle(
                 &e.to_string(),
             ),
         },
-        (_, "/ws" | "/healthz" | "/readyz") => error(
+        (_, "/ws" | "/healthz" | "/readyz" | "/metrics") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "use GET",
@@ -250,7 +266,12 @@ async fn upgrade(state: Arc<AppState>, mut request: Request<Incoming>) -> HttpRe
             "device must match [A-Za-z0-9_-]{1,64}",
         );
     }
-    let prepared = match session::prepare(&state, claims, device).await {
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let prepared = match session::prepare(&state, claims, device, traceparent.as_deref()).await {
         Ok(prepared) => prepared,
         Err(e) => {
             warn!(error = %e, "cannot prepare session");

@@ -23,6 +23,9 @@ pub struct Batch {
     pub time_key: u64,
     /// Stream ids of its entries, for XACK.
     pub stream_ids: Vec<String>,
+    /// `(message id, traceparent)` of its traced entries, for the ack spans (empty
+    /// when tracing is off).
+    pub traced: Vec<(u64, String)>,
     /// When it was pushed.
     pub sent_at: Instant,
 }
@@ -126,6 +129,7 @@ mod tests {
         Batch {
             time_key,
             stream_ids: vec![format!("{time_key}-0")],
+            traced: Vec::new(),
             sent_at: Instant::now(),
         }
     }

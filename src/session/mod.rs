@@ -3,13 +3,16 @@
 //! [`prepare`] runs before the upgrade: it subscribes the user's wake-ups and joins
 //! the device's consumer group (claiming what earlier connections left pending), so a
 //! Redis failure is still an HTTP error. [`run`] then serves the socket in one task:
-//! client frames (sends, acks), wake-ups and the safety poll trigger reads of the
-//! inbox, and each read becomes a delivery batch while fewer than
-//! `COURIER_MAX_INFLIGHT_BATCHES` are unacked. Writes go through the bounded
-//! [`writer::Outbox`]. When the connection ends, its consumer is deleted if nothing is
-//! pending on it; otherwise the device's next connection claims the entries.
+//! client frames go to [`sending`] (batches) and [`delivery`] (acks); wake-ups, the
+//! safety poll and the ack-timeout check make [`delivery`] read the inbox and push
+//! batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are unacked. Writes go
+//! through the bounded [`writer::Outbox`]. When the connection ends, its consumer is
+//! deleted if nothing is pending on it; otherwise the device's next connection
+//! claims the entries.
 
+mod delivery;
 mod inflight;
+mod sending;
 mod writer;
 
 use std::sync::Arc;
@@ -19,19 +22,17 @@ use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
 use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::{self, Message};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::auth::Claims;
 use crate::protocol::{
-    self, BatchLimits, ClientFrame, CloseCode, ErrorCode, ProtocolError, SendBatch, ServerFrame,
-    TimeKey,
+    self, BatchLimits, ClientFrame, CloseCode, ErrorCode, ProtocolError, ServerFrame, TimeKey,
 };
 use crate::server::AppState;
-use crate::store::inbox::{EntryBody, ReadFrom};
 use crate::store::notify::Subscription;
-use crate::store::send::{NewMessage, SendError, SendPolicy};
-use crate::store::{ConsumerRef, SendRequest, StoreError};
-use inflight::{Batch, InFlight};
+use crate::store::send::SendPolicy;
+use crate::store::{ConsumerRef, StoreError};
+use inflight::InFlight;
 use writer::Outbox;
 
 pub use inflight::MAX_SAFE_TIME_KEY;
@@ -71,35 +72,47 @@ pub struct Prepared {
     claims: Claims,
     consumer: ConsumerRef,
     subscription: Subscription,
+    span: tracing::Span,
 }
 
 /// Subscribes the user's wake-ups, then creates the consumer and claims what the
 /// device's earlier connections left pending. In that order: a message published
 /// after the subscription wakes this connection, one written before is read by it.
+///
+/// `traceparent` (from the upgrade request) makes the connection span continue the
+/// client's trace.
 pub async fn prepare(
     state: &AppState,
     claims: Claims,
     device: String,
+    traceparent: Option<&str>,
 ) -> Result<Prepared, StoreError> {
     let consumer = ConsumerRef {
         user: claims.id,
         device,
         consumer: format!("{}-{}", state.instance_id, uuid::Uuid::new_v4()),
     };
+    let span = tracing::info_span!(
+        "connection",
+        user = claims.id,
+        device = %consumer.device,
+        consumer = %consumer.consumer,
+    );
+    if let Some(traceparent) = traceparent {
+        crate::telemetry::set_remote_parent(&span, traceparent);
+    }
     let subscription = state.notifier.subscribe(claims.id).await?;
     let report = state
         .store
         .join(&consumer, state.session.stale_consumer_after)
+        .instrument(span.clone())
         .await?;
     if report.trimmed > 0 {
-        warn!(
-            user = claims.id,
-            trimmed = report.trimmed,
-            "pending entries were trimmed before delivery"
-        );
+        state.metrics.messages_trimmed.inc_by(report.trimmed);
+        warn!(parent: &span, trimmed = report.trimmed, "pending entries were trimmed before delivery");
     }
     debug!(
-        consumer = %consumer.consumer,
+        parent: &span,
         claimed = report.claimed,
         deleted_consumers = report.deleted_consumers,
         "consumer joined"
@@ -108,6 +121,7 @@ pub async fn prepare(
         claims,
         consumer,
         subscription,
+        span,
     })
 }
 
@@ -117,8 +131,8 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
         claims,
         consumer,
         subscription,
+        span,
     } = prepared;
-    let span = tracing::info_span!("connection", user = claims.id, device = %consumer.device, consumer = %consumer.consumer);
     let (sink, stream) = ws.split();
     let outbox = Outbox::spawn(
         sink,
@@ -132,14 +146,16 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
         consumer,
         subscription,
         outbox,
+        span: span.clone(),
         history_cursor: Some("0".into()),
         reclaim_cursor: "0-0".into(),
         last_reclaim: Instant::now(),
         want_read: true,
         last_seen: Instant::now(),
     };
+    state.metrics.connections.inc();
     info!(parent: &span, "connected");
-    let ending = tracing::Instrument::instrument(session.serve(stream), span.clone()).await;
+    let ending = session.serve(stream).instrument(span.clone()).await;
     let Session {
         outbox, consumer, ..
     } = session;
@@ -154,6 +170,7 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
         }
         Ending::Dropped(why) => info!(parent: &span, why, "connection dropped"),
     }
+    state.metrics.connections.dec();
     match state.store.leave(&consumer).await {
         Ok(deleted) => debug!(parent: &span, deleted, "consumer released"),
         Err(e) => warn!(parent: &span, error = %e, "could not release consumer"),
@@ -170,12 +187,15 @@ enum Ending {
     Dropped(&'static str),
 }
 
+/// The state of one connection, owned by its task.
 struct Session {
     state: Arc<AppState>,
     claims: Claims,
     consumer: ConsumerRef,
     subscription: Subscription,
     outbox: Outbox,
+    /// The `connection` span; client batches link to it.
+    span: tracing::Span,
     inflight: InFlight,
     /// While `Some`, the consumer's own pending entries after this id are read first;
     /// `None` once they are all delivered, then only new entries are read.
@@ -193,14 +213,11 @@ struct Session {
 impl Session {
     async fn serve(&mut self, mut stream: SplitStream<HyperWebsocketStream>) -> Ending {
         let settings = self.state.session.clone();
-        let mut poll = tokio::time::interval(settings.poll_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ping = tokio::time::interval(settings.ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ack_check = tokio::time::interval(
+        let mut poll = interval(settings.poll_interval);
+        let mut ping = interval(settings.ping_interval);
+        let mut ack_check = interval(
             (settings.ack_timeout / 4).clamp(Duration::from_millis(10), settings.poll_interval),
         );
-        ack_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let expiry = token_expiry(&self.claims);
         let shutdown = self.state.shutdown.clone();
         loop {
@@ -209,49 +226,62 @@ impl Session {
                     return ending;
                 }
             }
-            tokio::select! {
+            let result = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ending::Close(CloseCode::GoingAway, "server shutting down"),
-                _ = sleep_until(expiry) => return Ending::Close(CloseCode::TokenExpired, "token expired"),
+                _ = shutdown.cancelled() => {
+                    return Ending::Close(CloseCode::GoingAway, "server shutting down");
+                }
+                _ = sleep_until(expiry) => {
+                    return Ending::Close(CloseCode::TokenExpired, "token expired");
+                }
                 frame = stream.next() => {
                     self.last_seen = Instant::now();
-                    let result = match frame {
+                    match frame {
                         None => return Ending::Dropped("socket closed"),
                         Some(Err(tungstenite::Error::Capacity(_))) => {
                             return Ending::Close(CloseCode::TooBig, "frame too big");
                         }
                         Some(Err(_)) => return Ending::Dropped("socket error"),
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
-                        Some(Ok(Message::Binary(_))) => self.reply_error(&ProtocolError::new(
-                            ErrorCode::InvalidFrame,
-                            "binary frames are not supported: send JSON text frames",
-                        )),
                         Some(Ok(Message::Close(_))) => return Ending::PeerClosed,
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            self.state.metrics.frame_in("binary");
+                            self.reply_error(&ProtocolError::new(
+                                ErrorCode::InvalidFrame,
+                                "binary frames are not supported: send JSON text frames",
+                            ))
+                        }
                         Some(Ok(_)) => Ok(()),
-                    };
-                    if let Err(ending) = result {
-                        return ending;
                     }
                 }
-                _ = self.outbox.closed() => return Ending::Dropped("socket write stalled or failed"),
-                _ = self.subscription.notified() => self.want_read = true,
-                _ = poll.tick() => self.want_read = true,
+                _ = self.outbox.closed() => {
+                    return Ending::Dropped("socket write stalled or failed");
+                }
+                _ = self.subscription.notified() => {
+                    self.want_read = true;
+                    Ok(())
+                }
+                _ = poll.tick() => {
+                    self.want_read = true;
+                    Ok(())
+                }
                 _ = ack_check.tick() => {
                     let overdue = self.inflight.any_older_than(settings.ack_timeout);
                     if overdue || self.last_reclaim.elapsed() >= settings.ack_timeout {
-                        if let Err(ending) = self.reclaim().await {
-                            return ending;
-                        }
+                        self.reclaim().await
+                    } else {
+                        Ok(())
                     }
                 }
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > settings.ping_interval * 2 {
                         return Ending::Dropped("no pong within two ping intervals");
                     }
-                    if let Err(ending) = self.send(Message::Ping(Default::default())) {
-                        return ending;
-                    }
+                    self.send(Message::Ping(Default::default()))
                 }
+            };
+            if let Err(ending) = result {
+                return ending;
             }
         }
     }
@@ -264,226 +294,47 @@ impl Session {
     }
 
     fn send_frame(&self, frame: &ServerFrame<'_>) -> Result<(), Ending> {
+        self.state.metrics.frame_out(frame.kind());
         self.send(Message::text(frame.encode()))
     }
 
     fn reply_error(&self, error: &ProtocolError) -> Result<(), Ending> {
         debug!(code = error.code.as_str(), message = %error.message, "client error");
+        self.state.metrics.error(error.code.as_str());
         self.send_frame(&ServerFrame::from(error))
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
-        match protocol::decode_client_frame(text) {
-            Err(error) => self.reply_error(&error),
-            Ok(ClientFrame::Send(batch)) => self.on_send(batch).await,
-            Ok(ClientFrame::Ack(time_key)) => self.on_ack(time_key).await,
-            Ok(ClientFrame::Received) => match self.inflight.oldest() {
-                Some(batch) => self.on_ack(TimeKey::from_u64(batch.time_key)).await,
-                None => self.reply_error(&ProtocolError::new(
-                    ErrorCode::UnknownTimeKey,
-                    "`received` acks the oldest unacked batch, and none is unacked",
-                )),
-            },
-        }
-    }
-
-    /// A client batch: validated whole, written atomically, then acked.
-    async fn on_send(&mut self, batch: SendBatch) -> Result<(), Ending> {
-        let settings = &self.state.session;
-        if let Err(error) = protocol::validate_batch(&batch, self.claims.id, settings.limits) {
-            return self.reply_error(&error);
-        }
-        let time_key = batch.time_key;
-        let request = SendRequest {
-            sender: self.claims.id,
-            time_key: time_key.to_string(),
-            messages: batch
-                .messages
-                .into_iter()
-                .map(|m| NewMessage {
-                    chat_id: m.chat_id,
-                    content_text: m.content_text,
-                    traceparent: None,
-                })
-                .collect(),
-        };
-        match self.state.store.send(&request, settings.send_policy).await {
-            Ok(outcome) => {
-                debug!(%time_key, ?outcome, "batch written");
-                self.send_frame(&ServerFrame::Ack { time_key })
+        let frame = protocol::decode_client_frame(text);
+        let metrics = &self.state.metrics;
+        match frame {
+            Err(error) => {
+                metrics.frame_in("invalid");
+                self.reply_error(&error)
             }
-            Err(SendError::NotAMember { user, chat_id, index }) => self.reply_error(
-                &ProtocolError::new(
-                    ErrorCode::NotAMember,
-                    format!("user {user} is not a member of chat {chat_id} (messages[{index}]); nothing was sent"),
-                )
-                .with_time_key(time_key),
-            ),
-            Err(SendError::Store(e)) => self.reply_error(&store_error(e).with_time_key(time_key)),
-        }
-    }
-
-    /// A client ack: XACK exactly that batch's entries.
-    async fn on_ack(&mut self, time_key: TimeKey) -> Result<(), Ending> {
-        let Some(batch) = time_key.as_u64().and_then(|tk| self.inflight.get(tk)) else {
-            return self.reply_error(
-                &ProtocolError::new(
-                    ErrorCode::UnknownTimeKey,
-                    format!("no unacked delivery batch has time_key {time_key} on this connection"),
-                )
-                .with_time_key(time_key),
-            );
-        };
-        let stream_ids = batch.stream_ids.clone();
-        let batch_time_key = batch.time_key;
-        match self.state.store.ack(&self.consumer, &stream_ids).await {
-            Ok(_) => {
-                self.inflight.take(batch_time_key);
-                self.want_read = true;
-                Ok(())
+            Ok(ClientFrame::Send(batch)) => {
+                metrics.frame_in("messages");
+                self.on_send(batch).await
             }
-            Err(e) => self.reply_error(&store_error(e).with_time_key(time_key)),
-        }
-    }
-
-    /// Reads and pushes batches while there is room and something to read.
-    async fn deliver(&mut self) -> Result<(), Ending> {
-        let batch_max = self.state.session.batch_max;
-        while self.want_read && self.inflight.has_room() {
-            let from = match &self.history_cursor {
-                Some(cursor) => ReadFrom::PendingAfter(cursor),
-                None => ReadFrom::New,
-            };
-            let entries = match self.state.store.read(&self.consumer, from, batch_max).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    warn!(error = %e, "inbox read failed; retrying at the next wake-up or poll");
-                    self.want_read = false;
-                    return Ok(());
-                }
-            };
-            let reading_history = self.history_cursor.is_some();
-            if reading_history {
-                self.history_cursor = entries.last().map(|e| e.stream_id.clone());
-                if entries.is_empty() {
-                    continue;
-                }
-            } else if entries.len() < batch_max {
-                self.want_read = false;
+            Ok(ClientFrame::Ack(time_key)) => {
+                metrics.frame_in("ack");
+                self.on_ack(time_key).await
             }
-            self.push_batch(entries).await?;
-        }
-        Ok(())
-    }
-
-    /// Takes back timed-out entries of the device's group (this connection's own
-    /// unacked deliveries and dead connections' leftovers) and delivers them again in
-    /// new batches, retiring the batches that held them.
-    async fn reclaim(&mut self) -> Result<(), Ending> {
-        self.last_reclaim = Instant::now();
-        let settings = &self.state.session;
-        let reclaimed = match self
-            .state
-            .store
-            .reclaim(
-                &self.consumer,
-                settings.ack_timeout,
-                &self.reclaim_cursor,
-                settings.batch_max,
-            )
-            .await
-        {
-            Ok(reclaimed) => reclaimed,
-            Err(e) => {
-                warn!(error = %e, "reclaim failed; retrying at the next check");
-                return Ok(());
-            }
-        };
-        self.reclaim_cursor = reclaimed.cursor;
-        if reclaimed.trimmed > 0 {
-            warn!(
-                count = reclaimed.trimmed,
-                "pending entries were trimmed before delivery"
-            );
-        }
-        if reclaimed.entries.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = reclaimed
-            .entries
-            .iter()
-            .map(|e| e.stream_id.as_str())
-            .collect();
-        self.inflight.retire_containing(&ids);
-        debug!(
-            count = reclaimed.entries.len(),
-            "redelivering timed-out entries"
-        );
-        self.push_batch(reclaimed.entries).await
-    }
-
-    /// Turns read entries into one delivery batch. Entries past the maximum number of
-    /// deliveries and malformed ones are dead-lettered; trimmed ones are acked, as
-    /// none of them can be delivered.
-    async fn push_batch(&mut self, entries: Vec<crate::store::StreamEntry>) -> Result<(), Ending> {
-        let max_deliveries = self.state.session.max_deliveries;
-        let mut messages = Vec::with_capacity(entries.len());
-        let mut stream_ids = Vec::with_capacity(entries.len());
-        let mut trimmed = Vec::new();
-        let mut dead = Vec::new();
-        for entry in entries {
-            match entry.body {
-                EntryBody::Trimmed => trimmed.push(entry.stream_id),
-                _ if entry.deliveries > max_deliveries => {
-                    dead.push((entry.stream_id, entry.deliveries - 1))
-                }
-                EntryBody::Malformed => dead.push((entry.stream_id, entry.deliveries)),
-                EntryBody::Message { message, .. } => {
-                    messages.push(message);
-                    stream_ids.push(entry.stream_id);
+            Ok(ClientFrame::Received) => {
+                metrics.frame_in("received");
+                match self.inflight.oldest() {
+                    Some(batch) => self.on_ack(TimeKey::from_u64(batch.time_key)).await,
+                    None => self.reply_error(&ProtocolError::new(
+                        ErrorCode::UnknownTimeKey,
+                        "`received` acks the oldest unacked batch, and none is unacked",
+                    )),
                 }
             }
         }
-        if !trimmed.is_empty() {
-            warn!(
-                count = trimmed.len(),
-                "pending entries were trimmed before delivery"
-            );
-            if let Err(e) = self.state.store.ack(&self.consumer, &trimmed).await {
-                warn!(error = %e, "could not ack trimmed entries");
-            }
-        }
-        if !dead.is_empty() {
-            warn!(count = dead.len(), "entries moved to dead letters");
-            let maxlen = self.state.session.dead_letter_maxlen;
-            if let Err(e) = self
-                .state
-                .store
-                .dead_letter(&self.consumer, &dead, maxlen)
-                .await
-            {
-                warn!(error = %e, "could not dead-letter entries; they stay pending");
-            }
-        }
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let time_key = self.inflight.next_time_key(now_micros());
-        self.send_frame(&ServerFrame::Messages {
-            time_key,
-            messages: &messages,
-        })?;
-        debug!(time_key, count = messages.len(), "batch delivered");
-        self.inflight.push(Batch {
-            time_key,
-            stream_ids,
-            sent_at: Instant::now(),
-        });
-        Ok(())
     }
 }
 
-/// The protocol error for a Redis failure.
+/// The protocol error for a Redis failure; the cause goes to the log only.
 fn store_error(e: StoreError) -> ProtocolError {
     match e {
         StoreError::Unavailable(cause) => {
@@ -498,6 +349,12 @@ fn store_error(e: StoreError) -> ProtocolError {
             ProtocolError::new(ErrorCode::Internal, "internal error")
         }
     }
+}
+
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }
 
 fn now_micros() -> u64 {

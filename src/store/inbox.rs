@@ -102,7 +102,7 @@ impl Store {
             .arg(&consumer.device)
             .arg(&consumer.consumer)
             .arg(stale_after.as_millis() as u64)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn("join"))
             .await
             .map_err(|e| self.error(e))?;
         Ok(JoinReport {
@@ -130,7 +130,7 @@ impl Store {
             .arg(&consumer.consumer)
             .arg(after)
             .arg(count)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn("read_pending"))
             .await
             .map_err(|e| self.error(e))?;
         parse_counted_entries(reply).map_err(StoreError::Internal)
@@ -153,7 +153,7 @@ impl Store {
             .arg(min_idle.as_millis() as u64)
             .arg(cursor)
             .arg(count)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn("reclaim"))
             .await
             .map_err(|e| self.error(e))?;
         let entries = parse_counted_entries(entries).map_err(StoreError::Internal)?;
@@ -178,7 +178,7 @@ impl Store {
             .arg("STREAMS")
             .arg(keys::inbox(consumer.user))
             .arg(">")
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn("read_new"))
             .await
             .map_err(|e| self.error(e))?;
         parse_entries(reply).map_err(StoreError::Internal)
@@ -197,7 +197,7 @@ impl Store {
             .arg(keys::inbox(consumer.user))
             .arg(&consumer.device)
             .arg(stream_ids)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn("ack"))
             .await
             .map_err(|e| self.error(e))
     }
@@ -223,7 +223,7 @@ impl Store {
             invocation.arg(id).arg(deliveries);
         }
         invocation
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn("dead_letter"))
             .await
             .map_err(|e| self.error(e))
     }
@@ -234,7 +234,7 @@ impl Store {
             .key(keys::inbox(consumer.user))
             .arg(&consumer.device)
             .arg(&consumer.consumer)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn("leave"))
             .await
             .map_err(|e| self.error(e))?;
         Ok(deleted == 1)

@@ -12,10 +12,13 @@ pub mod notify;
 mod reply;
 pub mod send;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::metrics::Metrics;
 
 pub use inbox::{ConsumerRef, StreamEntry};
 pub use send::{SendOutcome, SendRequest};
@@ -73,7 +76,50 @@ pub fn redact(text: &str, url: &str) -> String {
 #[derive(Clone)]
 pub struct Store {
     conn: ConnectionManager,
-    url: std::sync::Arc<str>,
+    url: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+/// The shared connection, seen by one operation: every command sent through it is
+/// timed and counted under that operation's name.
+pub(crate) struct TimedConnection {
+    inner: ConnectionManager,
+    operation: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionLike for TimedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self.inner.req_packed_command(cmd).await;
+            self.metrics
+                .redis(self.operation, started.elapsed(), result.is_ok());
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self
+                .inner
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            self.metrics
+                .redis(self.operation, started.elapsed(), result.is_ok());
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
 }
 
 /// How [`Store`] connects.
@@ -88,7 +134,7 @@ pub struct StoreOptions {
 impl Store {
     /// Connects lazily: the first command opens the connection, and a broken one is
     /// reopened on the next command. Fails only on a malformed URL.
-    pub fn open(options: &StoreOptions) -> Result<Self, StoreError> {
+    pub fn open(options: &StoreOptions, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let client = Client::open(options.url.as_str())
             .map_err(|e| StoreError::from_redis(&e, &options.url))?;
         let config = ConnectionManagerConfig::new()
@@ -101,12 +147,17 @@ impl Store {
         Ok(Self {
             conn,
             url: options.url.as_str().into(),
+            metrics,
         })
     }
 
-    /// A connection for one command or pipeline.
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The shared connection for one operation (named in the metrics).
+    fn conn(&self, operation: &'static str) -> TimedConnection {
+        TimedConnection {
+            inner: self.conn.clone(),
+            operation,
+            metrics: self.metrics.clone(),
+        }
     }
 
     fn error(&self, e: RedisError) -> StoreError {
@@ -116,7 +167,7 @@ impl Store {
     /// `PING`: is Redis answering? Used by `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         redis::cmd("PING")
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.conn("ping"))
             .await
             .map_err(|e| self.error(e))
     }

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{StoreError, StoreOptions, keys};
+use crate::metrics::Metrics;
 
 /// Wakers of the local connections, by user.
 type Wakers = HashMap<u64, Vec<(u64, Arc<Notify>)>>;
@@ -80,6 +81,7 @@ impl Notifier {
     /// Starts the notifier task. It connects lazily and runs until `shutdown`.
     pub fn start(
         options: &StoreOptions,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let url = options.url.clone();
@@ -112,6 +114,7 @@ impl Notifier {
             url,
             wakers: notifier.wakers.clone(),
             subscribed: HashSet::new(),
+            metrics,
             connected: true,
         };
         let handle = tokio::spawn(task.run(request_rx, push_rx, shutdown));
@@ -164,6 +167,8 @@ struct NotifierTask {
     wakers: Arc<Mutex<Wakers>>,
     /// Users whose channel is subscribed in Redis.
     subscribed: HashSet<u64>,
+    /// Counts reconnects.
+    metrics: Arc<Metrics>,
     /// False between a disconnection and the next successful PING.
     connected: bool,
 }
@@ -247,8 +252,10 @@ impl NotifierTask {
         for request in batch {
             let Some(done) = request.done else { continue };
             let answer = match &result {
-                Err(e) if !self.subscribed.contains(&request.user) => {
-                    Err(StoreError::Unavailable(e.to_string()))
+                Err(StoreError::Unavailable(cause) | StoreError::Internal(cause))
+                    if !self.subscribed.contains(&request.user) =>
+                {
+                    Err(StoreError::Unavailable(cause.clone()))
                 }
                 _ => Ok(()),
             };
@@ -291,6 +298,7 @@ impl NotifierTask {
         {
             tracing::info!("pub/sub connection back; waking every connection");
             self.connected = true;
+            self.metrics.pubsub_reconnects.inc();
             for list in self.wakers().values() {
                 list.iter().for_each(|(_, waker)| waker.notify_one());
             }

@@ -161,7 +161,7 @@ impl Store {
             }
         }
         let reply: (i64, Value) = invocation
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn("send"))
             .await
             .map_err(|e| self.error(e))?;
         match reply {
@@ -190,7 +190,7 @@ impl Store {
             pipe.cmd("LRANGE").arg(keys::chat(chat)).arg(0).arg(-1);
         }
         let lists: Vec<Vec<String>> = pipe
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn("chat_members"))
             .await
             .map_err(|e| self.error(e))?;
         Ok(chats

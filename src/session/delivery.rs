@@ -1,0 +1,242 @@
+//! The delivery half of a session: reading the inbox, pushing batches, taking back
+//! timed-out entries, and applying the client's acks.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, warn};
+
+use super::inflight::Batch;
+use super::{Ending, Session, now_micros, store_error};
+use crate::protocol::{ErrorCode, ProtocolError, ServerFrame, TimeKey};
+use crate::store::StreamEntry;
+use crate::store::inbox::{EntryBody, ReadFrom};
+use crate::telemetry;
+
+impl Session {
+    /// Reads and pushes batches while there is room and something to read.
+    pub(super) async fn deliver(&mut self) -> Result<(), Ending> {
+        let batch_max = self.state.session.batch_max;
+        while self.want_read && self.inflight.has_room() {
+            let from = match &self.history_cursor {
+                Some(cursor) => ReadFrom::PendingAfter(cursor),
+                None => ReadFrom::New,
+            };
+            let entries = match self.state.store.read(&self.consumer, from, batch_max).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    warn!(error = %e, "inbox read failed; retrying at the next wake-up or poll");
+                    self.want_read = false;
+                    return Ok(());
+                }
+            };
+            if self.history_cursor.is_some() {
+                self.history_cursor = entries.last().map(|e| e.stream_id.clone());
+                if entries.is_empty() {
+                    continue;
+                }
+            } else if entries.len() < batch_max {
+                self.want_read = false;
+            }
+            self.push_batch(entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes back timed-out entries of the device's group (this connection's own
+    /// unacked deliveries and dead connections' leftovers) and delivers them again in
+    /// a new batch, retiring the batches that held them.
+    pub(super) async fn reclaim(&mut self) -> Result<(), Ending> {
+        self.last_reclaim = Instant::now();
+        let settings = &self.state.session;
+        let reclaimed = self
+            .state
+            .store
+            .reclaim(
+                &self.consumer,
+                settings.ack_timeout,
+                &self.reclaim_cursor,
+                settings.batch_max,
+            )
+            .await;
+        let reclaimed = match reclaimed {
+            Ok(reclaimed) => reclaimed,
+            Err(e) => {
+                warn!(error = %e, "reclaim failed; retrying at the next check");
+                return Ok(());
+            }
+        };
+        self.reclaim_cursor = reclaimed.cursor;
+        self.count_trimmed(reclaimed.trimmed);
+        if reclaimed.entries.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = reclaimed
+            .entries
+            .iter()
+            .map(|e| e.stream_id.as_str())
+            .collect();
+        self.inflight.retire_containing(&ids);
+        debug!(
+            count = reclaimed.entries.len(),
+            "redelivering timed-out entries"
+        );
+        self.push_batch(reclaimed.entries).await
+    }
+
+    /// Turns read entries into one delivery batch. Entries past the maximum number of
+    /// deliveries and malformed ones are dead-lettered; trimmed ones are acked, as
+    /// none of them can be delivered.
+    async fn push_batch(&mut self, entries: Vec<StreamEntry>) -> Result<(), Ending> {
+        let max_deliveries = self.state.session.max_deliveries;
+        let metrics = self.state.metrics.clone();
+        let mut messages = Vec::with_capacity(entries.len());
+        let mut stream_ids = Vec::with_capacity(entries.len());
+        let mut traced = Vec::new();
+        let mut trimmed = Vec::new();
+        let mut dead = Vec::new();
+        let now_ms = now_millis();
+        for entry in entries {
+            match entry.body {
+                EntryBody::Trimmed => trimmed.push(entry.stream_id),
+                _ if entry.deliveries > max_deliveries => {
+                    dead.push((entry.stream_id, entry.deliveries - 1));
+                }
+                EntryBody::Malformed => dead.push((entry.stream_id, entry.deliveries)),
+                EntryBody::Message {
+                    message,
+                    traceparent,
+                } => {
+                    if entry.deliveries <= 1 {
+                        metrics.messages_delivered.inc();
+                        if let Some(written_ms) = entry_millis(&entry.stream_id) {
+                            let latency = now_ms.saturating_sub(written_ms) as f64 / 1000.0;
+                            metrics.send_to_deliver.observe(latency);
+                        }
+                    } else {
+                        metrics.messages_redelivered.inc();
+                    }
+                    if let Some(traceparent) = traceparent.filter(|_| telemetry::enabled()) {
+                        traced.push((message.id, traceparent, entry.deliveries));
+                    }
+                    messages.push(message);
+                    stream_ids.push(entry.stream_id);
+                }
+            }
+        }
+        if !trimmed.is_empty() {
+            self.count_trimmed(trimmed.len() as u64);
+            if let Err(e) = self.state.store.ack(&self.consumer, &trimmed).await {
+                warn!(error = %e, "could not ack trimmed entries");
+            }
+        }
+        if !dead.is_empty() {
+            let maxlen = self.state.session.dead_letter_maxlen;
+            match self
+                .state
+                .store
+                .dead_letter(&self.consumer, &dead, maxlen)
+                .await
+            {
+                Ok(copied) => {
+                    warn!(count = copied, "entries moved to dead letters");
+                    metrics.messages_dead_lettered.inc_by(copied);
+                }
+                Err(e) => warn!(error = %e, "could not dead-letter entries; they stay pending"),
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let time_key = self.inflight.next_time_key(now_micros());
+        self.send_frame(&ServerFrame::Messages {
+            time_key,
+            messages: &messages,
+        })?;
+        metrics.batch("out", messages.len());
+        debug!(time_key, count = messages.len(), "batch delivered");
+        for (message_id, traceparent, deliveries) in &traced {
+            let span = tracing::info_span!(
+                parent: None,
+                "deliver",
+                message.id = message_id,
+                user = self.claims.id,
+                device = %self.consumer.device,
+                consumer = %self.consumer.consumer,
+                time_key,
+                deliveries,
+            );
+            telemetry::set_remote_parent(&span, traceparent);
+        }
+        self.inflight.push(Batch {
+            time_key,
+            stream_ids,
+            traced: traced.into_iter().map(|(id, tp, _)| (id, tp)).collect(),
+            sent_at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// A client ack: XACK exactly that batch's entries.
+    pub(super) async fn on_ack(&mut self, time_key: TimeKey) -> Result<(), Ending> {
+        let Some(batch) = time_key.as_u64().and_then(|tk| self.inflight.get(tk)) else {
+            return self.reply_error(
+                &ProtocolError::new(
+                    ErrorCode::UnknownTimeKey,
+                    format!("no unacked delivery batch has time_key {time_key} on this connection"),
+                )
+                .with_time_key(time_key),
+            );
+        };
+        let batch_time_key = batch.time_key;
+        if let Err(e) = self
+            .state
+            .store
+            .ack(&self.consumer, &batch.stream_ids)
+            .await
+        {
+            return self.reply_error(&store_error(e).with_time_key(time_key));
+        }
+        if let Some(batch) = self.inflight.take(batch_time_key) {
+            let metrics = &self.state.metrics;
+            metrics.acks.inc();
+            metrics
+                .deliver_to_ack
+                .observe(batch.sent_at.elapsed().as_secs_f64());
+            for (message_id, traceparent) in &batch.traced {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "ack",
+                    message.id = message_id,
+                    user = self.claims.id,
+                    device = %self.consumer.device,
+                    time_key = batch_time_key,
+                );
+                telemetry::set_remote_parent(&span, traceparent);
+            }
+        }
+        self.want_read = true;
+        Ok(())
+    }
+
+    fn count_trimmed(&self, trimmed: u64) {
+        if trimmed > 0 {
+            warn!(
+                count = trimmed,
+                "pending entries were trimmed before delivery"
+            );
+            self.state.metrics.messages_trimmed.inc_by(trimmed);
+        }
+    }
+}
+
+/// The creation time (ms since the epoch) in a stream entry id `<ms>-<seq>`.
+fn entry_millis(stream_id: &str) -> Option<u64> {
+    stream_id.split('-').next()?.parse().ok()
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
