@@ -25,7 +25,12 @@ pub struct Claims {
     pub username: String,
     /// Expiry (seconds since the epoch); the connection is closed with 4001 then.
     pub exp: Option<u64>,
+    /// Issue time (seconds since the epoch); a token issued in the future is refused.
+    pub iat: Option<u64>,
 }
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+const LEEWAY_S: u64 = 5;
 
 /// Why a token was refused. Its `Display` is the `message` of the 401 body.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,7 +92,7 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = keys.iter().map(|(alg, _)| *alg).collect();
         validation.required_spec_claims = HashSet::new();
-        validation.leeway = 0;
+        validation.leeway = LEEWAY_S;
         validation.validate_nbf = true;
         match audience {
             Some(aud) => {
@@ -116,7 +121,10 @@ impl Authenticator {
 
     /// Validates one token: signature with the key of its `alg`, then the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| describe(e.kind()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::Json(e) => AuthError::Invalid(format!("malformed token header: {e}")),
+            kind => describe(kind),
+        })?;
         let Some((_, key)) = self.keys.iter().find(|(alg, _)| *alg == header.alg) else {
             return Err(AuthError::Invalid(format!(
                 "algorithm {:?} is not accepted (accepted: {:?})",
@@ -125,9 +133,16 @@ impl Authenticator {
         };
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| describe(e.kind()))
+            .map_err(|e| describe(e.kind()))?;
+        let now = jsonwebtoken::get_current_timestamp();
+        if claims.iat.is_some_and(|iat| iat > now + LEEWAY_S) {
+            return Err(AuthError::Invalid(
+                "token issued in the future (iat)".into(),
+            ));
+        }
+        Ok(claims)
     }
 }
 
@@ -222,7 +237,7 @@ mod tests {
     #[test]
     fn expired_and_premature_tokens_are_refused() {
         let now = jsonwebtoken::get_current_timestamp();
-        let expired = hs("s").verify(&token(json!({"id": 1, "username": "a", "exp": now - 5})));
+        let expired = hs("s").verify(&token(json!({"id": 1, "username": "a", "exp": now - 10})));
         assert_eq!(
             expired.unwrap_err(),
             AuthError::Invalid("token expired".into())
@@ -232,6 +247,20 @@ mod tests {
             early.unwrap_err(),
             AuthError::Invalid("token not valid yet (nbf)".into())
         );
+    }
+
+    #[test]
+    fn iat_must_be_an_integer_in_the_past() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let verify = |iat: serde_json::Value| {
+            hs("s").verify(&token(json!({"id": 1, "username": "a", "iat": iat})))
+        };
+        assert!(verify(json!(now)).is_ok());
+        assert_eq!(
+            verify(json!(now + 3600)).unwrap_err(),
+            AuthError::Invalid("token issued in the future (iat)".into())
+        );
+        assert!(verify(json!("abc")).is_err());
     }
 
     #[test]

@@ -210,6 +210,9 @@ async fn origin_allowlist_refuses_other_origins_with_403() {
     WsClient::connect_with_header(&url, "origin", "https://also.example")
         .await
         .expect("allowed origin");
+    WsClient::connect_with_header(&url, "", "")
+        .await
+        .expect("no Origin: not a browser, left to authentication");
 }
 
 #[tokio::test]
