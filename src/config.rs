@@ -34,6 +34,11 @@ pub struct Config {
     )]
     pub redis_url: String,
 
+    /// PEM file of the CA(s) to trust for `rediss://` (TLS), instead of the system
+    /// roots. Defaults to none.
+    #[arg(long, env = "COURIER_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// HS256 shared secret. At least one of this and the public key file is required.
     #[arg(long, env = "COURIER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -136,6 +141,29 @@ pub struct Config {
     /// milliseconds. Defaults to 10000.
     #[arg(long, env = "COURIER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+
+    /// Most WebSocket connections one user may hold on this instance; more are refused
+    /// with HTTP 429 before the upgrade. Defaults to 32.
+    #[arg(long, env = "COURIER_MAX_CONNECTIONS_PER_USER", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_user: u32,
+
+    /// Sustained client frames per second per connection (pings included); excess
+    /// frames are answered `rate_limited` and dropped. Defaults to 100.
+    #[arg(long, env = "COURIER_RATE_LIMIT_FPS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_fps: u32,
+
+    /// Burst of client frames allowed above the sustained rate. Defaults to 200.
+    #[arg(long, env = "COURIER_RATE_LIMIT_BURST", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+
+    /// Client errors (bad frames, rate-limited frames, unknown acks...) a connection may
+    /// make per minute; one more closes it with 1008. Defaults to 30.
+    #[arg(long, env = "COURIER_MAX_CLIENT_ERRORS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_errors: u32,
 
     /// Timeout of one Redis command, in milliseconds. Defaults to 5000.
     #[arg(long, env = "COURIER_REDIS_TIMEOUT_MS", default_value_t = 5_000,

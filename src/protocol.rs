@@ -123,6 +123,8 @@ pub enum CloseCode {
     Normal,
     /// 1001: the server is shutting down.
     GoingAway,
+    /// 1007: a text frame that is not valid UTF-8 (RFC 6455 §8.1).
+    InvalidPayload,
     /// 1008: policy (origin, too many errors).
     Policy,
     /// 1009: a frame was too big.
@@ -141,6 +143,7 @@ impl CloseCode {
         match self {
             Self::Normal => 1000,
             Self::GoingAway => 1001,
+            Self::InvalidPayload => 1007,
             Self::Policy => 1008,
             Self::TooBig => 1009,
             Self::Internal => 1011,
@@ -285,6 +288,18 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
             "missing string field \"type\": expected \"messages\" or \"ack\"",
         ))),
     }
+}
+
+/// The `time_key` of a frame that is a JSON object with an integer `time_key`, for
+/// errors about frames that were not otherwise decoded.
+pub fn time_key_of(text: &str) -> Option<TimeKey> {
+    #[derive(Deserialize)]
+    struct WithTimeKey {
+        time_key: TimeKey,
+    }
+    serde_json::from_str::<WithTimeKey>(text)
+        .ok()
+        .map(|f| f.time_key)
 }
 
 /// The older formats of ORIGIN.md: a `token` or single `message` in the body, or

@@ -29,7 +29,7 @@ use crate::auth::{AuthError, Authenticator, query_param};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::protocol::BatchLimits;
-use crate::session::{self, SessionSettings};
+use crate::session::{self, SessionSettings, UserConnections};
 use crate::store::notify::Notifier;
 use crate::store::send::SendPolicy;
 use crate::store::{Store, StoreOptions};
@@ -53,6 +53,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down; every session watches it and closes with
     /// 1001.
     pub shutdown: CancellationToken,
+    /// Connections per user on this instance.
+    pub user_connections: Arc<UserConnections>,
     /// Tracks session tasks, so shutdown can wait for them.
     pub sessions: TaskTracker,
 }
@@ -68,9 +70,19 @@ impl Server {
     /// Binds the listener and sets up Redis handles (connected lazily).
     pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Self, ConfigError> {
         let auth = Authenticator::from_config(&config)?;
+        let ca_cert = match &config.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError(format!(
+                    "COURIER_REDIS_CA_FILE: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
         let options = StoreOptions {
             url: config.redis_url.clone(),
             response_timeout: Duration::from_millis(config.redis_timeout_ms),
+            ca_cert,
         };
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&options, metrics.clone())
@@ -108,6 +120,9 @@ impl Server {
             max_deliveries: config.max_deliveries,
             stale_consumer_after: config.poll_interval() * 3,
             write_timeout: Duration::from_millis(config.write_timeout_ms),
+            rate_limit_fps: config.rate_limit_fps,
+            rate_limit_burst: config.rate_limit_burst,
+            max_client_errors: config.max_client_errors,
         };
         let state = Arc::new(AppState {
             config,
@@ -118,6 +133,7 @@ impl Server {
             metrics,
             session,
             shutdown,
+            user_connections: Arc::default(),
             sessions: TaskTracker::new(),
         });
         Ok(Self {
@@ -266,22 +282,31 @@ async fn upgrade(state: Arc<AppState>, mut request: Request<Incoming>) -> HttpRe
             "device must match [A-Za-z0-9_-]{1,64}",
         );
     }
+    let max = state.config.max_connections_per_user;
+    let Some(slot) = state.user_connections.try_acquire(claims.id, max) else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            &format!("user {} already has {max} connections here", claims.id),
+        );
+    };
     let traceparent = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let prepared = match session::prepare(&state, claims, device, traceparent.as_deref()).await {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            warn!(error = %e, "cannot prepare session");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "storage unavailable, retry later",
-            );
-        }
-    };
+    let prepared =
+        match session::prepare(&state, slot, claims, device, traceparent.as_deref()).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                warn!(error = %e, "cannot prepare session");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "storage unavailable, retry later",
+                );
+            }
+        };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)

@@ -12,6 +12,7 @@
 
 mod delivery;
 mod inflight;
+mod limits;
 mod sending;
 mod writer;
 
@@ -33,9 +34,11 @@ use crate::store::notify::Subscription;
 use crate::store::send::SendPolicy;
 use crate::store::{ConsumerRef, StoreError};
 use inflight::InFlight;
+use limits::{Limits, Verdict};
 use writer::Outbox;
 
 pub use inflight::MAX_SAFE_TIME_KEY;
+pub use limits::{ConnectionSlot, UserConnections};
 
 /// Per-connection settings, derived once from the configuration.
 #[derive(Debug, Clone)]
@@ -65,10 +68,17 @@ pub struct SessionSettings {
     pub stale_consumer_after: Duration,
     /// A socket write stalled this long closes the connection (slow consumer).
     pub write_timeout: Duration,
+    /// Sustained client frames per second.
+    pub rate_limit_fps: u32,
+    /// Burst of client frames above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Client errors per minute before a 1008 close.
+    pub max_client_errors: u32,
 }
 
 /// A connection ready to be served: authenticated, subscribed, its consumer joined.
 pub struct Prepared {
+    slot: ConnectionSlot,
     claims: Claims,
     consumer: ConsumerRef,
     subscription: Subscription,
@@ -83,6 +93,7 @@ pub struct Prepared {
 /// client's trace.
 pub async fn prepare(
     state: &AppState,
+    slot: ConnectionSlot,
     claims: Claims,
     device: String,
     traceparent: Option<&str>,
@@ -118,6 +129,7 @@ pub async fn prepare(
         "consumer joined"
     );
     Ok(Prepared {
+        slot,
         claims,
         consumer,
         subscription,
@@ -128,6 +140,7 @@ pub async fn prepare(
 /// Serves the connection until it ends, then releases the consumer.
 pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStream) {
     let Prepared {
+        slot,
         claims,
         consumer,
         subscription,
@@ -152,6 +165,13 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
         last_reclaim: Instant::now(),
         want_read: true,
         last_seen: Instant::now(),
+        limits: Limits::new(
+            state.session.rate_limit_fps,
+            state.session.rate_limit_burst,
+            state.session.max_client_errors,
+            Instant::now(),
+        ),
+        _slot: slot,
     };
     state.metrics.connections.inc();
     info!(parent: &span, "connected");
@@ -208,6 +228,10 @@ struct Session {
     want_read: bool,
     /// Last frame of any kind from the client.
     last_seen: Instant,
+    /// Frame rate and error budget.
+    limits: Limits,
+    /// This user's connection slot here; dropped with the session.
+    _slot: ConnectionSlot,
 }
 
 impl Session {
@@ -241,17 +265,13 @@ impl Session {
                         Some(Err(tungstenite::Error::Capacity(_))) => {
                             return Ending::Close(CloseCode::TooBig, "frame too big");
                         }
+                        Some(Err(tungstenite::Error::Utf8(_))) => {
+                            return Ending::Close(CloseCode::InvalidPayload, "text frame is not UTF-8");
+                        }
                         Some(Err(_)) => return Ending::Dropped("socket error"),
                         Some(Ok(Message::Close(_))) => return Ending::PeerClosed,
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
-                        Some(Ok(Message::Binary(_))) => {
-                            self.state.metrics.frame_in("binary");
-                            self.reply_error(&ProtocolError::new(
-                                ErrorCode::InvalidFrame,
-                                "binary frames are not supported: send JSON text frames",
-                            ))
-                        }
-                        Some(Ok(_)) => Ok(()),
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                        Some(Ok(message)) => self.on_message(message).await,
                     }
                 }
                 _ = self.outbox.closed() => {
@@ -298,10 +318,49 @@ impl Session {
         self.send(Message::text(frame.encode()))
     }
 
-    fn reply_error(&self, error: &ProtocolError) -> Result<(), Ending> {
+    /// Answers with an error frame. Errors of the client's making count against its
+    /// error budget; past it, the connection is closed with 1008.
+    fn reply_error(&mut self, error: &ProtocolError) -> Result<(), Ending> {
         debug!(code = error.code.as_str(), message = %error.message, "client error");
         self.state.metrics.error(error.code.as_str());
-        self.send_frame(&ServerFrame::from(error))
+        self.send_frame(&ServerFrame::from(error))?;
+        let clients_fault = !matches!(error.code, ErrorCode::Unavailable | ErrorCode::Internal);
+        if clients_fault && !self.limits.on_error(Instant::now()) {
+            return Err(Ending::Close(CloseCode::Policy, "too many errors"));
+        }
+        Ok(())
+    }
+
+    /// A data frame or ping from the client, once it passed the rate limit.
+    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+        if self.limits.on_frame(Instant::now()) == Verdict::RateLimited {
+            self.state.metrics.frame_in("rate_limited");
+            let mut error = ProtocolError::new(
+                ErrorCode::RateLimited,
+                "too many frames: slow down and resend this frame (same time_key)",
+            );
+            if let Message::Text(text) = &message {
+                error.time_key = protocol::decode_client_frame(text.as_str())
+                    .err()
+                    .and_then(|e| e.time_key)
+                    .or_else(|| protocol::time_key_of(text.as_str()));
+            }
+            return self.reply_error(&error);
+        }
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                self.state.metrics.frame_in("binary");
+                self.reply_error(&ProtocolError::new(
+                    ErrorCode::InvalidFrame,
+                    "binary frames are not supported: send JSON text frames",
+                ))
+            }
+            _ => {
+                self.state.metrics.frame_in("ping");
+                Ok(())
+            }
+        }
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Ending> {

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{
+    Client, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError, RedisFuture,
+    TlsCertificates, Value,
+};
 
 use crate::metrics::Metrics;
 
@@ -129,14 +132,38 @@ pub struct StoreOptions {
     pub url: String,
     /// Timeout of one command.
     pub response_timeout: Duration,
+    /// PEM CA certificate(s) trusted for `rediss://` instead of the system roots.
+    pub ca_cert: Option<Vec<u8>>,
+}
+
+impl StoreOptions {
+    /// A client for these options speaking `protocol` (RESP3 for pub/sub pushes).
+    fn client(&self, protocol: ProtocolVersion) -> Result<Client, StoreError> {
+        let error = |e: RedisError| StoreError::from_redis(&e, &self.url);
+        let info = self.url.as_str().into_connection_info().map_err(error)?;
+        let settings = info.redis_settings().clone().set_protocol(protocol);
+        let info = info.set_redis_settings(settings);
+        // rustls (behind rediss://) needs one process-wide crypto provider; a second
+        // install (by another client) is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match &self.ca_cert {
+            None => Client::open(info).map_err(error),
+            Some(ca) => {
+                let certificates = TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                };
+                Client::build_with_tls(info, certificates).map_err(error)
+            }
+        }
+    }
 }
 
 impl Store {
     /// Connects lazily: the first command opens the connection, and a broken one is
     /// reopened on the next command. Fails only on a malformed URL.
     pub fn open(options: &StoreOptions, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        let client = Client::open(options.url.as_str())
-            .map_err(|e| StoreError::from_redis(&e, &options.url))?;
+        let client = options.client(ProtocolVersion::RESP2)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.response_timeout))

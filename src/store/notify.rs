@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ProtocolVersion, PushInfo, PushKind};
+use redis::{ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -85,14 +85,7 @@ impl Notifier {
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let url = options.url.clone();
-        let client = Client::open(url.as_str()).map_err(|e| StoreError::from_redis(&e, &url))?;
-        let info = client.get_connection_info().clone();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(redis_settings))
-            .map_err(|e| StoreError::from_redis(&e, &url))?;
+        let client = options.client(ProtocolVersion::RESP3)?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
             .set_push_sender(push_tx)
