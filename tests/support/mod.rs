@@ -363,6 +363,25 @@ impl WsClient {
         self.ws.send(Message::text(text)).await.expect("send frame");
     }
 
+    /// Sends a ping (a control frame the server must count but not answer in JSON).
+    pub async fn send_ping(&mut self) {
+        self.ws
+            .send(Message::Ping(Default::default()))
+            .await
+            .expect("send ping");
+    }
+
+    /// Sends a text frame whose payload is arbitrary bytes (even invalid UTF-8).
+    pub async fn send_raw_text_frame(&mut self, payload: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+        self.ws
+            .send(Message::Frame(frame))
+            .await
+            .expect("send raw frame");
+    }
+
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws
@@ -603,5 +622,152 @@ pub fn consumers(redis: &RedisServer, user: u64, group: &str) -> usize {
     match reply {
         redis::Value::Array(items) => items.len(),
         _ => 0,
+    }
+}
+
+/// A `redis-server` speaking only TLS, with its own CA, on a free port.
+pub struct TlsRedis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl TlsRedis {
+    /// Makes a CA and a server certificate for 127.0.0.1 (openssl), then starts.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=courier-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        )
+        .expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no", "--dir", "."])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server with TLS");
+        let server = Self { port, dir, child };
+        wait_until("the TLS redis-server to answer", || {
+            server.cli(&["PING"]).trim() == "PONG"
+        });
+        server
+    }
+
+    /// `rediss://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// Path of the CA certificate that signed the server's.
+    pub fn ca_file(&self) -> String {
+        self.dir
+            .path()
+            .join("ca.crt")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Runs redis-cli over TLS and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--cacert",
+                &self.ca_file(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Creates `chat:<id>` with these members.
+    pub fn create_chat(&self, chat: u64, members: &[u64]) {
+        let key = format!("chat:{chat}");
+        let mut args = vec!["RPUSH".to_string(), key];
+        args.extend(members.iter().map(u64::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cli(&args);
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
