@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use serde_json::json;
 use support::*;
 
