@@ -5,6 +5,9 @@
 //! bad. Validation accepts only the algorithms of the configured keys (HS256 for the
 //! secret, RS256 or ES256 for the PEM key), so `none` and algorithm confusion (an HS256
 //! token "signed" with the public key) are refused.
+//!
+//! The same keys sign service tokens for the HTTP API: those carry a `service` claim
+//! instead of a user ([`Authenticator::verify_service`]).
 
 use std::collections::HashSet;
 
@@ -12,6 +15,7 @@ use hyper::header::{AUTHORIZATION, HeaderMap};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::{Config, ConfigError};
 
@@ -25,6 +29,14 @@ pub struct Claims {
     pub username: String,
     /// Expiry (seconds since the epoch); the connection is closed with 4001 then.
     pub exp: Option<u64>,
+}
+
+/// The claims of a service token (HTTP API). Other claims are ignored; `exp`, `nbf`,
+/// `aud` and `iss` are checked as for user tokens.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceClaims {
+    /// The calling service's name, for logs; a token without it is not a service token.
+    pub service: String,
 }
 
 /// Why a token was refused. Its `Display` is the `message` of the 401 body.
@@ -114,8 +126,18 @@ impl Authenticator {
         self.verify(&token)
     }
 
-    /// Validates one token: signature with the key of its `alg`, then the claims.
+    /// Validates one user token: signature with the key of its `alg`, then the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.decode(token)
+    }
+
+    /// Validates one service token, like [`Authenticator::verify`] but requiring a
+    /// string `service` claim instead of `id` and `username`.
+    pub fn verify_service(&self, token: &str) -> Result<ServiceClaims, AuthError> {
+        self.decode(token)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| describe(e.kind()))?;
         let Some((_, key)) = self.keys.iter().find(|(alg, _)| *alg == header.alg) else {
             return Err(AuthError::Invalid(format!(
@@ -125,7 +147,7 @@ impl Authenticator {
         };
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
+        jsonwebtoken::decode::<T>(token, key, &validation)
             .map(|data| data.claims)
             .map_err(|e| describe(e.kind()))
     }
@@ -136,16 +158,26 @@ fn find_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(value) = headers.get("token") {
         return Some(value.to_str().unwrap_or_default().trim().to_string());
     }
-    if let Some(value) = headers.get(AUTHORIZATION) {
-        let value = value.to_str().unwrap_or_default().trim();
-        let token = value
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .unwrap_or_default();
-        return Some(token.to_string());
+    if let Some(token) = bearer_token(headers) {
+        return Some(token);
     }
     query_param(query, "token")
+}
+
+/// The credential of an `Authorization` header: what follows `Bearer ` (empty when the
+/// scheme is another one), or `None` when there is no such header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .unwrap_or_default()
+        .trim();
+    let token = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .unwrap_or_default();
+    Some(token.to_string())
 }
 
 /// The first value of a query parameter, percent-decoded.
@@ -203,6 +235,26 @@ mod tests {
             .verify(&token(json!({"id": 7, "username": "ann"})))
             .expect("valid");
         assert_eq!((claims.id, claims.username.as_str()), (7, "ann"));
+    }
+
+    #[test]
+    fn service_tokens_need_a_service_claim() {
+        let service = hs("s")
+            .verify_service(&token(json!({"service": "billing"})))
+            .expect("service token");
+        assert_eq!(service.service, "billing");
+        assert!(
+            hs("s")
+                .verify_service(&token(json!({"id": 1, "username": "a"})))
+                .is_err(),
+            "a user token is not a service token"
+        );
+        assert!(
+            hs("other")
+                .verify_service(&token(json!({"service": "billing"})))
+                .is_err(),
+            "signed with the wrong key"
+        );
     }
 
     #[test]
