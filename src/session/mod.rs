@@ -29,7 +29,7 @@ use crate::protocol::{
 use crate::server::AppState;
 use crate::store::inbox::{EntryBody, ReadFrom};
 use crate::store::notify::Subscription;
-use crate::store::send::{NewMessage, SendError, SendPolicy};
+use crate::store::send::{SendError, SendPolicy};
 use crate::store::{ConsumerRef, SendRequest, StoreError};
 use inflight::{Batch, InFlight};
 use writer::Outbox;
@@ -254,19 +254,7 @@ impl Session {
             return self.reply_error(&error);
         }
         let time_key = batch.time_key;
-        let request = SendRequest {
-            sender: self.claims.id,
-            time_key: time_key.to_string(),
-            messages: batch
-                .messages
-                .into_iter()
-                .map(|m| NewMessage {
-                    chat_id: m.chat_id,
-                    content_text: m.content_text,
-                    traceparent: None,
-                })
-                .collect(),
-        };
+        let request = SendRequest::from_batch(self.claims.id, batch);
         match self.state.store.send(&request, settings.send_policy).await {
             Ok(outcome) => {
                 debug!(%time_key, ?outcome, "batch written");

@@ -9,7 +9,9 @@ use std::sync::LazyLock;
 use redis::{Script, Value};
 use serde::Serialize;
 
+use super::reply::value_text;
 use super::{Store, StoreError, keys};
+use crate::protocol::SendBatch;
 
 static SEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("send.lua")));
 
@@ -35,6 +37,26 @@ pub struct SendRequest {
     pub messages: Vec<NewMessage>,
 }
 
+impl SendRequest {
+    /// The request for a batch that passed [`crate::protocol::validate_batch`] for
+    /// `sender`. Untraced.
+    pub fn from_batch(sender: u64, batch: SendBatch) -> Self {
+        Self {
+            sender,
+            time_key: batch.time_key.to_string(),
+            messages: batch
+                .messages
+                .into_iter()
+                .map(|m| NewMessage {
+                    chat_id: m.chat_id,
+                    content_text: m.content_text,
+                    traceparent: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Fan-out and retention settings of the send path.
 #[derive(Debug, Clone, Copy)]
 pub struct SendPolicy {
@@ -55,7 +77,12 @@ pub enum SendOutcome {
         first_id: u64,
     },
     /// The same `time_key` was already written; nothing was written again.
-    Duplicate,
+    Duplicate {
+        /// Id of the first message of the earlier write.
+        first_id: u64,
+        /// Number of messages of the earlier write.
+        count: u64,
+    },
 }
 
 /// Why a batch was refused or failed.
@@ -168,7 +195,10 @@ impl Store {
             (1, Value::Int(first_id)) => Ok(SendOutcome::Written {
                 first_id: first_id.unsigned_abs(),
             }),
-            (0, _) => Ok(SendOutcome::Duplicate),
+            (0, seen) => match value_text(seen).as_deref().and_then(parse_seen) {
+                Some((first_id, count)) => Ok(SendOutcome::Duplicate { first_id, count }),
+                None => Err(StoreError::Internal("unreadable dedup record".into()).into()),
+            },
             other => {
                 Err(StoreError::Internal(format!("unexpected send script reply {other:?}")).into())
             }
@@ -203,5 +233,23 @@ impl Store {
                 )
             })
             .collect())
+    }
+}
+
+/// A dedup record's value, `<first_id>:<count>` (written by `send.lua`).
+fn parse_seen(seen: &str) -> Option<(u64, u64)> {
+    let (first_id, count) = seen.split_once(':')?;
+    Some((first_id.parse().ok()?, count.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_records_are_read_back() {
+        assert_eq!(parse_seen("42:3"), Some((42, 3)));
+        assert_eq!(parse_seen("42"), None);
+        assert_eq!(parse_seen("x:1"), None);
     }
 }
