@@ -3,7 +3,7 @@
 //! answer of a plain Redis command that `redis-cli` shows too.
 
 use hyper::StatusCode;
-use serde_json::json;
+use serde::Serialize;
 use tracing::info;
 
 use super::ApiError;
@@ -31,6 +31,18 @@ pub async fn replay(
     info!(%caller, user, replayed, "dead letters replayed");
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "user_id": user, "replayed": replayed }),
+        &Replayed {
+            user_id: user,
+            replayed,
+        },
     ))
+}
+
+/// The answer of a replay.
+#[derive(Debug, Serialize)]
+struct Replayed {
+    /// The inbox owner.
+    user_id: u64,
+    /// Dead letters moved back into the inbox.
+    replayed: u64,
 }
