@@ -21,3 +21,14 @@ redis_answers() {
     [[ "$reply" == +PONG* || "$reply" == -NOAUTH* ]]
   ) 2>/dev/null
 }
+
+# A Redis URL without its password (for printing).
+redact_url() {
+  local rest=${1#*://}
+  local userinfo=${rest%%@*}
+  if [[ $rest == *@* && $userinfo == *:* ]]; then
+    echo "${userinfo%%:*}:***@${rest#*@}"
+  else
+    echo "$rest"
+  fi
+}
