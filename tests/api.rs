@@ -13,6 +13,14 @@ fn start(redis: &RedisServer) -> Courier {
     Courier::start(&redis.url(), &[("COURIER_API_KEY", API_KEY)])
 }
 
+/// Redis, a courier with the API key, and chat 10 of users 1 and 2.
+fn setup() -> (RedisServer, Courier) {
+    let redis = RedisServer::start();
+    let courier = start(&redis);
+    redis.create_chat(10, &[1, 2]);
+    (redis, courier)
+}
+
 /// An API request with `Authorization: Bearer <credential>` when given; returns the
 /// status and the JSON body.
 async fn call(
@@ -44,6 +52,16 @@ async fn publish(courier: &Courier, body: Value) -> (u16, Value) {
     .await
 }
 
+async fn pending_summary(courier: &Courier, user: u64) -> (u16, Value) {
+    let path = format!("/api/v1/users/{user}/pending");
+    call(courier, "GET", &path, Some(API_KEY), "").await
+}
+
+async fn replay(courier: &Courier, user: u64) -> (u16, Value) {
+    let path = format!("/api/v1/users/{user}/dead-letters/replay");
+    call(courier, "POST", &path, Some(API_KEY), "").await
+}
+
 fn message(sender: u64, chat: u64, text: &str) -> Value {
     json!({"sender_id": sender, "chat_id": chat, "content_text": text})
 }
@@ -68,9 +86,7 @@ fn nothing_written(redis: &RedisServer) {
 
 #[tokio::test]
 async fn backend_publish_is_delivered_to_a_connected_client() {
-    let redis = RedisServer::start();
-    let courier = start(&redis);
-    redis.create_chat(10, &[1, 2]);
+    let (redis, courier) = setup();
     let mut bob = courier.connect(2).await;
 
     let (status, body) = publish(
@@ -93,7 +109,7 @@ async fn backend_publish_is_delivered_to_a_connected_client() {
     );
     assert_eq!(redis.cmd::<u64>(&["LLEN", "user:2"]), 1, "legacy list too");
     assert_eq!(
-        redis.cmd::<u64>(&["XLEN", "inbox:{user:1}"]),
+        redis.xlen("inbox:{user:1}"),
         0,
         "the sender gets no copy, as over /ws"
     );
@@ -116,7 +132,7 @@ async fn service_token_may_publish_and_user_token_may_not() {
     let expired = token_with(json!({"service": "billing", "exp": exp - 120}));
     let expired = call(&courier, "POST", "/api/v1/messages", Some(&expired), &body).await;
     assert_error(&expired, 401, "unauthorized");
-    assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 1);
+    assert_eq!(redis.xlen("inbox:{user:2}"), 1);
 }
 
 #[tokio::test]
@@ -154,9 +170,7 @@ async fn missing_or_wrong_credentials_are_401_and_write_nothing() {
 
 #[tokio::test]
 async fn same_time_key_is_written_once_and_answered_as_duplicate() {
-    let redis = RedisServer::start();
-    let courier = start(&redis);
-    redis.create_chat(10, &[1, 2]);
+    let (redis, courier) = setup();
     let body = json!({"time_key": 42, "messages": [message(1, 10, "a"), message(1, 10, "b")]});
 
     let first = publish(&courier, body.clone()).await;
@@ -166,12 +180,12 @@ async fn same_time_key_is_written_once_and_answered_as_duplicate() {
     assert_eq!((again.0, &again.1["status"]), (202, &json!("duplicate")));
     assert_eq!(again.1["first_id"], first.1["first_id"], "same answer");
     assert_eq!(again.1["count"], 2);
-    assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 2);
+    assert_eq!(redis.xlen("inbox:{user:2}"), 2);
 
     let mut alice = courier.connect(1).await;
     alice.send_acked(42, 1, &[(10, "c")]).await;
     assert_eq!(
-        redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]),
+        redis.xlen("inbox:{user:2}"),
         2,
         "the sender's WebSocket batches share the dedup window"
     );
@@ -179,9 +193,7 @@ async fn same_time_key_is_written_once_and_answered_as_duplicate() {
 
 #[tokio::test]
 async fn requests_without_time_key_are_never_deduplicated() {
-    let redis = RedisServer::start();
-    let courier = start(&redis);
-    redis.create_chat(10, &[1, 2]);
+    let (redis, courier) = setup();
     let body = json!({"messages": [message(1, 10, "same")]});
 
     let first = publish(&courier, body.clone()).await;
@@ -194,14 +206,12 @@ async fn requests_without_time_key_are_never_deduplicated() {
         "generated time keys are safe integers: {keys:?}"
     );
     assert_ne!(keys[0], keys[1]);
-    assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 2);
+    assert_eq!(redis.xlen("inbox:{user:2}"), 2);
 }
 
 #[tokio::test]
 async fn malformed_bodies_are_400_and_write_nothing() {
-    let redis = RedisServer::start();
-    let courier = start(&redis);
-    redis.create_chat(10, &[1, 2]);
+    let (redis, courier) = setup();
     let post = |body: &'static str| call(&courier, "POST", "/api/v1/messages", Some(API_KEY), body);
 
     assert_error(&post("{\"messages\": [").await, 400, "invalid_json");
@@ -228,9 +238,7 @@ async fn malformed_bodies_are_400_and_write_nothing() {
 
 #[tokio::test]
 async fn sender_outside_the_chat_is_403_not_a_member() {
-    let redis = RedisServer::start();
-    let courier = start(&redis);
-    redis.create_chat(10, &[1, 2]);
+    let (redis, courier) = setup();
 
     let reply = publish(
         &courier,
@@ -274,22 +282,13 @@ async fn redis_down_is_503_unavailable() {
 
     let reply = publish(&courier, json!({"messages": [message(1, 10, "hi")]})).await;
     assert_error(&reply, 503, "unavailable");
-    let pending = call(
-        &courier,
-        "GET",
-        "/api/v1/users/2/pending",
-        Some(API_KEY),
-        "",
-    )
-    .await;
+    let pending = pending_summary(&courier, 2).await;
     assert_error(&pending, 503, "unavailable");
 }
 
 #[tokio::test]
 async fn pending_summary_matches_xpending_and_xinfo() {
-    let redis = RedisServer::start();
-    let courier = start(&redis);
-    redis.create_chat(10, &[1, 2]);
+    let (redis, courier) = setup();
     let mut phone = courier.connect_device(2, "phone").await;
     let mut laptop = courier.connect_device(2, "laptop").await;
     let texts = ["one", "two", "three"].map(|t| message(1, 10, t));
@@ -302,21 +301,11 @@ async fn pending_summary_matches_xpending_and_xinfo() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
-    let (status, summary) = call(
-        &courier,
-        "GET",
-        "/api/v1/users/2/pending",
-        Some(API_KEY),
-        "",
-    )
-    .await;
+    let (status, summary) = pending_summary(&courier, 2).await;
 
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["user_id"], 2);
-    assert_eq!(
-        summary["inbox_length"],
-        redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"])
-    );
+    assert_eq!(summary["inbox_length"], redis.xlen("inbox:{user:2}"));
     assert_eq!(summary["dead_letters"], 0);
     let devices = summary["devices"].as_array().expect("devices");
     let mut names: Vec<&str> = devices
@@ -371,14 +360,7 @@ async fn pending_summary_matches_xpending_and_xinfo() {
         .expect("phone");
     assert_eq!(phone_summary["pending"], 3, "phone did not ack");
 
-    let (status, nobody) = call(
-        &courier,
-        "GET",
-        "/api/v1/users/99/pending",
-        Some(API_KEY),
-        "",
-    )
-    .await;
+    let (status, nobody) = pending_summary(&courier, 99).await;
     assert_eq!(status, 200);
     assert_eq!(
         nobody,
@@ -410,14 +392,11 @@ fn add_dead_letter(redis: &RedisServer, user: u64, id: u64, text: &str) {
 
 #[tokio::test]
 async fn replayed_dead_letters_are_delivered_again() {
-    let redis = RedisServer::start();
-    let courier = start(&redis);
-    redis.create_chat(10, &[1, 2]);
+    let (redis, courier) = setup();
     let mut bob = courier.connect(2).await;
     add_dead_letter(&redis, 2, 7, "lost");
 
-    let replay = "/api/v1/users/2/dead-letters/replay";
-    let (status, body) = call(&courier, "POST", replay, Some(API_KEY), "").await;
+    let (status, body) = replay(&courier, 2).await;
 
     assert_eq!((status, body), (200, json!({"user_id": 2, "replayed": 1})));
     let delivered = bob.recv_and_ack(1).await;
@@ -426,7 +405,7 @@ async fn replayed_dead_letters_are_delivered_again() {
         vec![json!({"id": 7, "sender_id": 1, "chat_id": 10, "content_text": "lost"})],
         "the original id, so clients can deduplicate"
     );
-    assert_eq!(redis.cmd::<u64>(&["XLEN", "dead:{user:2}"]), 0);
+    assert_eq!(redis.xlen("dead:{user:2}"), 0);
     let entries: Vec<(String, Vec<String>)> = {
         let reply: redis::streams::StreamRangeReply =
             redis.cmd(&["XRANGE", "inbox:{user:2}", "-", "+"]);
@@ -441,7 +420,7 @@ async fn replayed_dead_letters_are_delivered_again() {
         !entries[0].1.contains(&"deliveries".to_string()),
         "deliveries is dropped: {entries:?}"
     );
-    let again = call(&courier, "POST", replay, Some(API_KEY), "").await;
+    let again = replay(&courier, 2).await;
     assert_eq!(again.1["replayed"], 0, "nothing left to replay");
 }
 
@@ -461,22 +440,15 @@ async fn replay_moves_every_dead_letter_across_chunks() {
     let _: () = pipe.query(&mut redis.conn()).expect("seed dead letters");
     let _: String = redis.cmd(&["XADD", "dead:{user:3}", "*", "deliveries", "10"]);
 
-    let (status, body) = call(
-        &courier,
-        "POST",
-        "/api/v1/users/3/dead-letters/replay",
-        Some(API_KEY),
-        "",
-    )
-    .await;
+    let (status, body) = replay(&courier, 3).await;
 
     assert_eq!(
         (status, body),
         (200, json!({"user_id": 3, "replayed": 1201}))
     );
-    assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:3}"]), 1201);
+    assert_eq!(redis.xlen("inbox:{user:3}"), 1201);
     assert_eq!(
-        redis.cmd::<u64>(&["XLEN", "dead:{user:3}"]),
+        redis.xlen("dead:{user:3}"),
         1,
         "an entry with nothing but `deliveries` stays"
     );

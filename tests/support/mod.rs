@@ -140,6 +140,11 @@ impl RedisServer {
             .expect("RPUSH chat");
     }
 
+    /// `XLEN key` (0 for a missing key).
+    pub fn xlen(&self, key: &str) -> u64 {
+        self.cmd(&["XLEN", key])
+    }
+
     /// Number of entries pending in a user's device group.
     pub fn pending(&self, user: u64, device: &str) -> u64 {
         let reply: redis::Value = redis::cmd("XPENDING")
