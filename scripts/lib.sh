@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for scripts/*: sourced, not run.
 
 # Installs Debian packages when a command is missing (root or sudo).

@@ -1,7 +1,7 @@
 //! The API's failures and their HTTP answers, in one table: status, `error` code, and
 //! a `message` for the caller (the operator sees causes in the log).
 
-use hyper::header::{ALLOW, HeaderValue};
+use hyper::header::{ALLOW, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use tracing::{debug, warn};
@@ -80,7 +80,8 @@ impl ApiError {
     }
 
     /// The response: `{"error": code, "message": ...}`, plus the batch's `time_key`
-    /// when the error concerns one. Redis causes are logged, not sent.
+    /// when the error concerns one, and `Allow` on a 405 and `WWW-Authenticate` on a
+    /// 401. Redis causes are logged, not sent.
     pub fn response(&self) -> HttpResponse {
         let message = match self {
             Self::Store(e) => {
@@ -105,10 +106,17 @@ impl ApiError {
             body["time_key"] = json!(time_key);
         }
         let mut response = json_response(self.status(), &body);
-        if let Self::MethodNotAllowed(method) = self {
-            if let Ok(allow) = HeaderValue::from_str(method.as_str()) {
-                response.headers_mut().insert(ALLOW, allow);
+        let headers = response.headers_mut();
+        match self {
+            Self::MethodNotAllowed(method) => {
+                if let Ok(allow) = HeaderValue::from_str(method.as_str()) {
+                    headers.insert(ALLOW, allow);
+                }
             }
+            Self::Unauthorized(_) => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }
@@ -130,5 +138,13 @@ mod tests {
             ApiError::Store(StoreError::Unavailable("down".into())).code(),
             "unavailable"
         );
+    }
+
+    #[test]
+    fn responses_carry_the_headers_http_asks_for() {
+        let unauthorized = ApiError::Unauthorized("x".into()).response();
+        assert_eq!(unauthorized.headers()[WWW_AUTHENTICATE], "Bearer");
+        let wrong_method = ApiError::MethodNotAllowed(Method::POST).response();
+        assert_eq!(wrong_method.headers()[ALLOW], "POST");
     }
 }
