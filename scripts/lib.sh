@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for scripts/*: sourced, not run.
 
 # Installs Debian packages when a command is missing (root or sudo).
@@ -20,4 +21,15 @@ redis_answers() {
     read -r -t 2 reply <&3 || exit 1
     [[ "$reply" == +PONG* || "$reply" == -NOAUTH* ]]
   ) 2>/dev/null
+}
+
+# A Redis URL without its password (for printing).
+redact_url() {
+  local rest=${1#*://}
+  local userinfo=${rest%%@*}
+  if [[ $rest == *@* && $userinfo == *:* ]]; then
+    echo "${userinfo%%:*}:***@${rest#*@}"
+  else
+    echo "$rest"
+  fi
 }

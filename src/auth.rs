@@ -5,6 +5,9 @@
 //! bad. Validation accepts only the algorithms of the configured keys (HS256 for the
 //! secret, RS256 or ES256 for the PEM key), so `none` and algorithm confusion (an HS256
 //! token "signed" with the public key) are refused.
+//!
+//! The same keys sign service tokens for the HTTP API: those carry a `service` claim
+//! instead of a user ([`Authenticator::verify_service`]).
 
 use std::collections::HashSet;
 
@@ -12,6 +15,7 @@ use hyper::header::{AUTHORIZATION, HeaderMap};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::{Config, ConfigError};
 
@@ -31,6 +35,33 @@ pub struct Claims {
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
 const LEEWAY_S: u64 = 5;
+
+/// The claims of a service token (HTTP API). Other claims are ignored; `exp`, `nbf`,
+/// `iat`, `aud` and `iss` are checked as for user tokens.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceClaims {
+    /// The calling service's name, for logs; a token without it is not a service token.
+    pub service: String,
+    /// Issue time (seconds since the epoch); a token issued in the future is refused.
+    pub iat: Option<u64>,
+}
+
+/// Claims that carry an optional `iat`, which jsonwebtoken does not check.
+trait IssuedAt {
+    fn iat(&self) -> Option<u64>;
+}
+
+impl IssuedAt for Claims {
+    fn iat(&self) -> Option<u64> {
+        self.iat
+    }
+}
+
+impl IssuedAt for ServiceClaims {
+    fn iat(&self) -> Option<u64> {
+        self.iat
+    }
+}
 
 /// Why a token was refused. Its `Display` is the `message` of the 401 body.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,8 +150,18 @@ impl Authenticator {
         self.verify(&token)
     }
 
-    /// Validates one token: signature with the key of its `alg`, then the claims.
+    /// Validates one user token: signature with the key of its `alg`, then the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        self.decode(token)
+    }
+
+    /// Validates one service token, like [`Authenticator::verify`] but requiring a
+    /// string `service` claim instead of `id` and `username`.
+    pub fn verify_service(&self, token: &str) -> Result<ServiceClaims, AuthError> {
+        self.decode(token)
+    }
+
+    fn decode<T: DeserializeOwned + IssuedAt>(&self, token: &str) -> Result<T, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::Json(e) => AuthError::Invalid(format!("malformed token header: {e}")),
             kind => describe(kind),
@@ -133,11 +174,11 @@ impl Authenticator {
         };
         let mut validation = self.validation.clone();
         validation.algorithms = vec![header.alg];
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        let claims = jsonwebtoken::decode::<T>(token, key, &validation)
             .map(|data| data.claims)
             .map_err(|e| describe(e.kind()))?;
         let now = jsonwebtoken::get_current_timestamp();
-        if claims.iat.is_some_and(|iat| iat > now + LEEWAY_S) {
+        if claims.iat().is_some_and(|iat| iat > now + LEEWAY_S) {
             return Err(AuthError::Invalid(
                 "token issued in the future (iat)".into(),
             ));
@@ -151,16 +192,26 @@ fn find_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(value) = headers.get("token") {
         return Some(value.to_str().unwrap_or_default().trim().to_string());
     }
-    if let Some(value) = headers.get(AUTHORIZATION) {
-        let value = value.to_str().unwrap_or_default().trim();
-        let token = value
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .unwrap_or_default();
-        return Some(token.to_string());
+    if let Some(token) = bearer_token(headers) {
+        return Some(token);
     }
     query_param(query, "token")
+}
+
+/// The credential of an `Authorization` header: what follows `Bearer ` (empty when the
+/// scheme is another one), or `None` when there is no such header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get(AUTHORIZATION)?
+        .to_str()
+        .unwrap_or_default()
+        .trim();
+    let token = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .unwrap_or_default();
+    Some(token.to_string())
 }
 
 /// The first value of a query parameter, percent-decoded.
@@ -218,6 +269,26 @@ mod tests {
             .verify(&token(json!({"id": 7, "username": "ann"})))
             .expect("valid");
         assert_eq!((claims.id, claims.username.as_str()), (7, "ann"));
+    }
+
+    #[test]
+    fn service_tokens_need_a_service_claim() {
+        let service = hs("s")
+            .verify_service(&token(json!({"service": "billing"})))
+            .expect("service token");
+        assert_eq!(service.service, "billing");
+        assert!(
+            hs("s")
+                .verify_service(&token(json!({"id": 1, "username": "a"})))
+                .is_err(),
+            "a user token is not a service token"
+        );
+        assert!(
+            hs("other")
+                .verify_service(&token(json!({"service": "billing"})))
+                .is_err(),
+            "signed with the wrong key"
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ use clap::builder::BoolishValueParser;
     about = "WebSocket chat delivery over Redis Streams"
 )]
 pub struct Config {
-    /// Address for `/ws`, `/healthz`, `/readyz` and `/metrics`. Defaults to `0.0.0.0:8080`.
+    /// Address for `/ws`, `/healthz`, `/readyz`, `/metrics` and `/api/v1`. Defaults to
+    /// `0.0.0.0:8080`.
     #[arg(long, env = "COURIER_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
@@ -42,6 +43,11 @@ pub struct Config {
     /// HS256 shared secret. At least one of this and the public key file is required.
     #[arg(long, env = "COURIER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Key that backends present as `Authorization: Bearer <key>` on `/api/v1/...`.
+    /// Defaults to none: only service JWTs (with a `service` claim) are accepted there.
+    #[arg(long, env = "COURIER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 
     /// PEM public key (RSA for RS256, EC P-256 for ES256).
     #[arg(long, env = "COURIER_JWT_PUBLIC_KEY_FILE")]

@@ -25,16 +25,20 @@
 //! ## Modules
 //! - [`config`]: every setting (env var, flag, default).
 //! - [`server`]: listener, routes, pre-upgrade checks, shutdown.
+//! - [`api`]: the HTTP API for backends and operators (`/api/v1/`): publish, pending
+//!   summary, dead-letter replay.
 //! - [`auth`]: token extraction and JWT validation.
 //! - [`protocol`]: frames, error codes, close codes (pure).
 //! - [`session`]: one connection: reader loop, in-flight batches, writer.
-//! - [`store`]: the Redis layout: keys, scripts, send, inbox, notifications.
+//! - [`store`]: the Redis layout: keys, scripts, send, inbox, notifications, ops.
 //! - [`telemetry`]: logging setup.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod protocol;
+pub mod publish;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -177,6 +177,18 @@ pub struct SendBatch {
     pub messages: Vec<OutgoingMessage>,
 }
 
+impl SendBatch {
+    /// A batch built from another transport than a WebSocket frame (the HTTP publish
+    /// API), to go through the same [`validate_batch`].
+    pub fn new(time_key: TimeKey, messages: Vec<OutgoingMessage>) -> Self {
+        Self {
+            _type: MessagesTag::Messages,
+            time_key,
+            messages,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum MessagesTag {

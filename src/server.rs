@@ -1,5 +1,5 @@
-//! The HTTP side: listener, routing (`/ws`, `/healthz`, `/readyz`), the checks made
-//! before a WebSocket upgrade, and shutdown.
+//! The HTTP side: listener, routing (`/ws`, `/healthz`, `/readyz`, and `/api/` to
+//! [`crate::api`]), the checks made before a WebSocket upgrade, and shutdown.
 //!
 //! Everything a client can get wrong before the upgrade is answered with an HTTP
 //! status and a JSON body `{"error": ..., "message": ...}`; after the upgrade the
@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -210,7 +211,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+/// What every handler answers.
+pub(crate) type HttpResponse = Response<Full<Bytes>>;
 
 async fn handle(
     state: Arc<AppState>,
@@ -237,6 +239,7 @@ async fn handle(
                 &e.to_string(),
             ),
         },
+        (_, path) if path.starts_with("/api/") => crate::api::handle(state, request).await,
         (_, "/ws" | "/healthz" | "/readyz" | "/metrics") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -352,9 +355,22 @@ fn text(status: StatusCode, body: &'static str) -> HttpResponse {
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    let body = json!({ "error": code, "message": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+/// The JSON error body `{"error": code, "message": ...}` with its status.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    json_response(status, &json!({ "error": code, "message": message }))
+}
+
+/// A JSON response. Serialising courier's reply types cannot fail (no maps with
+/// non-string keys); if it ever did, the answer is a 500 with a fixed body.
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    let (status, body) = match serde_json::to_vec(body) {
+        Ok(body) => (status, Bytes::from(body)),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Bytes::from_static(br#"{"error":"internal","message":"encoding failed"}"#),
+        ),
+    };
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -70,6 +70,18 @@ fn flags_mirror_the_environment() {
 }
 
 #[test]
+fn api_key_value_is_not_echoed_by_help() {
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .arg("--help")
+        .env("COURIER_API_KEY", "do-not-print-me")
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--api-key"), "--help lists --api-key");
+    assert!(!help.contains("do-not-print-me"), "the key is not echoed");
+}
+
+#[test]
 fn readme_documents_every_setting_and_error_code() {
     use clap::CommandFactory;
     let readme =

@@ -1,5 +1,6 @@
 //! The Redis layout of DESIGN §3 in one place: key names, scripts, the send fan-out,
-//! the consumer-group reads and acks, and the wake-up notifications.
+//! the consumer-group reads and acks, the wake-up notifications, and what operators
+//! read and repair (pending summaries, dead-letter replay).
 //!
 //! courier keeps a fixed number of Redis connections per instance, whatever the
 //! number of WebSocket clients: one multiplexed, auto-reconnecting connection for
@@ -9,6 +10,7 @@
 pub mod inbox;
 pub mod keys;
 pub mod notify;
+pub mod ops;
 mod reply;
 pub mod send;
 

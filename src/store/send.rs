@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use redis::{Script, Value};
 use serde::Serialize;
 
+use super::reply::value_text;
 use super::{Store, StoreError, keys};
 
 static SEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("send.lua")));
@@ -55,7 +56,12 @@ pub enum SendOutcome {
         first_id: u64,
     },
     /// The same `time_key` was already written; nothing was written again.
-    Duplicate,
+    Duplicate {
+        /// Id of the first message of the earlier write.
+        first_id: u64,
+        /// Number of messages of the earlier write.
+        count: u64,
+    },
 }
 
 /// Why a batch was refused or failed.
@@ -168,7 +174,10 @@ impl Store {
             (1, Value::Int(first_id)) => Ok(SendOutcome::Written {
                 first_id: first_id.unsigned_abs(),
             }),
-            (0, _) => Ok(SendOutcome::Duplicate),
+            (0, seen) => match value_text(seen).as_deref().and_then(parse_seen) {
+                Some((first_id, count)) => Ok(SendOutcome::Duplicate { first_id, count }),
+                None => Err(StoreError::Internal("unreadable dedup record".into()).into()),
+            },
             other => {
                 Err(StoreError::Internal(format!("unexpected send script reply {other:?}")).into())
             }
@@ -203,5 +212,23 @@ impl Store {
                 )
             })
             .collect())
+    }
+}
+
+/// A dedup record's value, `<first_id>:<count>` (written by `send.lua`).
+fn parse_seen(seen: &str) -> Option<(u64, u64)> {
+    let (first_id, count) = seen.split_once(':')?;
+    Some((first_id.parse().ok()?, count.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_records_are_read_back() {
+        assert_eq!(parse_seen("42:3"), Some((42, 3)));
+        assert_eq!(parse_seen("42"), None);
+        assert_eq!(parse_seen("x:1"), None);
     }
 }

@@ -140,6 +140,11 @@ impl RedisServer {
             .expect("RPUSH chat");
     }
 
+    /// `XLEN key` (0 for a missing key).
+    pub fn xlen(&self, key: &str) -> u64 {
+        self.cmd(&["XLEN", key])
+    }
+
     /// Number of entries pending in a user's device group.
     pub fn pending(&self, user: u64, device: &str) -> u64 {
         let reply: redis::Value = redis::cmd("XPENDING")
@@ -560,26 +565,45 @@ pub fn ids(messages: &[Value]) -> Vec<u64> {
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// A plain HTTP/1.1 request with extra headers and a body (`Content-Length` is
+/// added); returns the status code and the body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
         .await
         .expect("connect timed out")
         .expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: courier\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: courier\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    // The server may answer (413) and close before reading a large body: a failed
+    // write or a reset still leaves its answer to read.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
         .await
-        .expect("write request");
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("response timed out")
-        .expect("read response");
+        .expect("response timed out");
+    let response = String::from_utf8_lossy(&response);
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status line");
+        .unwrap_or_else(|| panic!("status line in {response:?}"));
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())

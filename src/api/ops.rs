@@ -1,0 +1,48 @@
+//! The ops endpoints: a user's pending summary, and the replay of their dead letters.
+//! Both are thin: the figures and the move are [`crate::store::ops`]'s, each the
+//! answer of a plain Redis command that `redis-cli` shows too.
+
+use hyper::StatusCode;
+use serde::Serialize;
+use tracing::info;
+
+use super::ApiError;
+use super::access::Caller;
+use crate::server::{AppState, HttpResponse, json_response};
+
+/// `GET /api/v1/users/{id}/pending`: 200 with the
+/// [`PendingSummary`](crate::store::ops::PendingSummary).
+pub async fn pending(state: &AppState, user: u64) -> Result<HttpResponse, ApiError> {
+    let summary = state.store.pending_summary(user).await?;
+    Ok(json_response(StatusCode::OK, &summary))
+}
+
+/// `POST /api/v1/users/{id}/dead-letters/replay`: moves the user's dead letters back
+/// into the inbox and wakes their connections; 200 with how many moved.
+pub async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    user: u64,
+) -> Result<HttpResponse, ApiError> {
+    let replayed = state
+        .store
+        .replay_dead_letters(user, state.config.stream_maxlen)
+        .await?;
+    info!(%caller, user, replayed, "dead letters replayed");
+    Ok(json_response(
+        StatusCode::OK,
+        &Replayed {
+            user_id: user,
+            replayed,
+        },
+    ))
+}
+
+/// The answer of a replay.
+#[derive(Debug, Serialize)]
+struct Replayed {
+    /// The inbox owner.
+    user_id: u64,
+    /// Dead letters moved back into the inbox.
+    replayed: u64,
+}

@@ -1,0 +1,173 @@
+//! What operators look at and repair, over the layout of DESIGN §3: a user's pending
+//! summary (per device: the group's pending count, its oldest pending entry, its
+//! consumers) and the replay of the user's dead letters into the inbox.
+//!
+//! Each figure is the answer of one plain Redis command, so the HTTP ops endpoints and
+//! `redis-cli` (README, "Operating courier") show the same thing. The summary is read
+//! in three pipelined round trips, not atomically: a snapshot of a moving system.
+
+use std::sync::LazyLock;
+
+use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply};
+use redis::{Script, Value};
+use serde::Serialize;
+
+use super::{Store, StoreError, keys};
+
+static REPLAY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("replay.lua")));
+
+/// Dead letters moved per script call, so Redis is never held for long.
+const REPLAY_CHUNK: u64 = 500;
+
+/// A user's delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingSummary {
+    /// The inbox owner.
+    pub user_id: u64,
+    /// `XLEN inbox:{user:<id>}`.
+    pub inbox_length: u64,
+    /// `XLEN dead:{user:<id>}`.
+    pub dead_letters: u64,
+    /// One per consumer group (`XINFO GROUPS`), that is per device.
+    pub devices: Vec<DevicePending>,
+}
+
+/// One device's group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DevicePending {
+    /// The device id, which is the group name.
+    pub device: String,
+    /// Entries delivered to the device and not acked (`XPENDING <inbox> <device>`).
+    pub pending: u64,
+    /// The last entry the group handed out (`last-delivered-id` of `XINFO GROUPS`).
+    pub last_delivered_id: String,
+    /// The pending entry with the lowest id (`XPENDING <inbox> <device> - + 1`), if any.
+    pub oldest_pending: Option<PendingEntry>,
+    /// The group's consumers (`XINFO CONSUMERS <inbox> <device>`): one per connection,
+    /// plus those of ended connections that left entries pending.
+    pub consumers: Vec<ConsumerPending>,
+}
+
+/// A pending entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingEntry {
+    /// Stream entry id.
+    pub id: String,
+    /// The consumer it is pending on.
+    pub consumer: String,
+    /// Milliseconds since it was last delivered.
+    pub idle_ms: u64,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+}
+
+/// One consumer of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerPending {
+    /// `<instance>-<connection uuid>`.
+    pub name: String,
+    /// Entries pending on it.
+    pub pending: u64,
+    /// Milliseconds since its last interaction with Redis.
+    pub idle_ms: u64,
+}
+
+impl Store {
+    /// The pending summary of `user`; a user without an inbox has no devices.
+    pub async fn pending_summary(&self, user: u64) -> Result<PendingSummary, StoreError> {
+        let inbox = keys::inbox(user);
+        let (exists, inbox_length, dead_letters): (bool, u64, u64) = redis::pipe()
+            .exists(&inbox)
+            .xlen(&inbox)
+            .xlen(keys::dead_letters(user))
+            .query_async(&mut self.conn("pending_summary"))
+            .await
+            .map_err(|e| self.error(e))?;
+        let groups = if exists {
+            redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&inbox)
+                .query_async::<StreamInfoGroupsReply>(&mut self.conn("pending_summary"))
+                .await
+                .map_err(|e| self.error(e))?
+                .groups
+        } else {
+            Vec::new()
+        };
+        let mut devices = Vec::with_capacity(groups.len());
+        if !groups.is_empty() {
+            let mut pipe = redis::pipe();
+            for group in &groups {
+                pipe.xpending_count(&inbox, &group.name, "-", "+", 1)
+                    .xinfo_consumers(&inbox, &group.name);
+            }
+            let replies: Vec<Value> = pipe
+                .query_async(&mut self.conn("pending_summary"))
+                .await
+                .map_err(|e| self.error(e))?;
+            let mut replies = replies.into_iter();
+            for group in groups {
+                let (Some(oldest), Some(consumers)) = (replies.next(), replies.next()) else {
+                    return Err(StoreError::Internal("short pipeline reply".into()));
+                };
+                let oldest: StreamPendingCountReply = parse(oldest)?;
+                let consumers: StreamInfoConsumersReply = parse(consumers)?;
+                devices.push(DevicePending {
+                    device: group.name,
+                    pending: group.pending as u64,
+                    last_delivered_id: group.last_delivered_id,
+                    oldest_pending: oldest.ids.into_iter().next().map(|p| PendingEntry {
+                        id: p.id,
+                        consumer: p.consumer,
+                        idle_ms: p.last_delivered_ms as u64,
+                        deliveries: p.times_delivered as u64,
+                    }),
+                    consumers: consumers
+                        .consumers
+                        .into_iter()
+                        .map(|c| ConsumerPending {
+                            name: c.name,
+                            pending: c.pending as u64,
+                            idle_ms: c.idle as u64,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Ok(PendingSummary {
+            user_id: user,
+            inbox_length,
+            dead_letters,
+            devices,
+        })
+    }
+
+    /// Moves every dead letter of `user` back into the inbox (see `replay.lua`), in
+    /// chunks of [`REPLAY_CHUNK`], each atomic, and wakes the user's connections.
+    /// Returns how many were moved.
+    pub async fn replay_dead_letters(&self, user: u64, maxlen: u64) -> Result<u64, StoreError> {
+        let mut from = String::from("-");
+        let mut moved = 0;
+        loop {
+            let (chunk, next): (u64, String) = REPLAY_SCRIPT
+                .key(keys::dead_letters(user))
+                .key(keys::inbox(user))
+                .arg(&from)
+                .arg(REPLAY_CHUNK)
+                .arg(maxlen)
+                .arg(keys::notify_channel(user))
+                .invoke_async(&mut self.conn("replay"))
+                .await
+                .map_err(|e| self.error(e))?;
+            moved += chunk;
+            if next.is_empty() {
+                return Ok(moved);
+            }
+            from = next;
+        }
+    }
+}
+
+fn parse<T: redis::FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
