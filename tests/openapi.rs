@@ -79,7 +79,7 @@ async fn probe(courier: &Courier, method: &str, path: &str, status: u16) -> Opti
             .to_string()
     };
     let reply = match (method, path, status) {
-        ("GET", "/healthz" | "/readyz", _) => send(false, String::new()).await,
+        ("GET", "/healthz" | "/readyz" | "/metrics", _) => send(false, String::new()).await,
         ("GET", "/ws", _) => return Some(upgrade(courier, status).await),
         ("POST", "/api/v1/messages", 202 | 503) => send(true, publish(1, "hi".into())).await,
         ("POST", "/api/v1/messages", 400) => send(true, "{".into()).await,
