@@ -453,3 +453,43 @@ async fn replay_moves_every_dead_letter_across_chunks() {
         "an entry with nothing but `deliveries` stays"
     );
 }
+
+#[tokio::test]
+async fn poison_message_is_dead_lettered_after_max_deliveries_then_replayed_end_to_end() {
+    let redis = RedisServer::start();
+    let courier = Courier::start(
+        &redis.url(),
+        &[
+            ("COURIER_API_KEY", API_KEY),
+            ("COURIER_ACK_TIMEOUT_MS", "200"),
+            ("COURIER_MAX_DELIVERIES", "2"),
+        ],
+    );
+    redis.create_chat(10, &[1, 2]);
+    let mut bob = courier.connect(2).await;
+    let (status, body) = publish(&courier, json!({"messages": [message(1, 10, "poison")]})).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["first_id"].as_u64().expect("first_id");
+
+    // Delivered twice, never acked: then dead-lettered, not delivered again.
+    for _ in 0..2 {
+        assert_eq!(ids(&bob.recv_batch().await.messages), [id]);
+    }
+    wait_for(|| redis.xlen("dead:{user:2}") == 1, "the dead letter").await;
+    wait_for_pending(&redis, 2, "default", 0).await;
+    let (status, summary) = pending_summary(&courier, 2).await;
+    assert_eq!(status, 200, "{summary}");
+
+    // The operator replays it: the connected client gets it again, same id.
+    let (status, body) = replay(&courier, 2).await;
+    assert_eq!(
+        (status, body["replayed"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    let again = bob.recv_batch().await;
+    assert_eq!(ids(&again.messages), [id]);
+    bob.ack(again.time_key).await;
+    wait_for_pending(&redis, 2, "default", 0).await;
+    assert_eq!(redis.xlen("dead:{user:2}"), 0);
+}
