@@ -220,6 +220,9 @@ pub enum ClientFrame {
     Received,
 }
 
+/// Longest error message sent to a client, in bytes (before the closing `…`).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 512;
+
 /// A client frame that could not be used, answered with an error frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
@@ -233,10 +236,21 @@ pub struct ProtocolError {
 
 impl ProtocolError {
     /// An error about a frame without a readable `time_key`.
+    /// The message is cut to [`MAX_ERROR_MESSAGE_BYTES`]: decoder messages quote the
+    /// client's input (an unknown field's name), which must not be echoed unbounded.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE_BYTES {
+            let mut cut = MAX_ERROR_MESSAGE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
         Self {
             code,
-            message: message.into(),
+            message,
             time_key: None,
         }
     }
@@ -521,6 +535,15 @@ mod tests {
             code(r#"{"type":"messages","message":{"sender_id":1}}"#),
             ErrorCode::DeprecatedFormat
         );
+    }
+
+    #[test]
+    fn error_messages_do_not_echo_unbounded_input() {
+        let field = "é".repeat(2000);
+        let frame = format!(r#"{{"type":"ack","time_key":1,"{field}":1}}"#);
+        let error = decode_client_frame(&frame).expect_err("unknown field");
+        assert_eq!(error.code, ErrorCode::InvalidFrame);
+        assert!(error.message.len() <= MAX_ERROR_MESSAGE_BYTES + '…'.len_utf8());
     }
 
     #[test]
