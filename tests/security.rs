@@ -200,22 +200,20 @@ async fn huge_ids_and_oversized_headers_are_refused_before_the_upgrade() {
     );
 }
 
+/// An ACL user `courier` with this password and every permission.
+fn add_acl_user(redis: &RedisServer, password: &str) {
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "courier", "on", &format!(">{password}")])
+        .arg(&["~*", "&*", "+@all"])
+        .query(&mut redis.conn())
+        .expect("ACL SETUSER");
+}
+
 #[tokio::test]
 async fn redis_acl_password_never_appears_in_logs_or_errors() {
     let mut redis = RedisServer::start();
     let password = "s3cret-Pa55word";
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "courier",
-            "on",
-            &format!(">{password}"),
-            "~*",
-            "&*",
-            "+@all",
-        ])
-        .query(&mut redis.conn())
-        .expect("ACL SETUSER");
+    add_acl_user(&redis, password);
     let url = format!("redis://courier:{password}@127.0.0.1:{}", redis.port);
     let courier = Courier::start(&url, &[("COURIER_REDIS_TIMEOUT_MS", "300")]);
     let mut client = courier.connect(1).await;
@@ -229,18 +227,7 @@ async fn redis_acl_password_never_appears_in_logs_or_errors() {
     let wrong = format!("redis://courier:wrong-{password}@127.0.0.1:{}", redis.port);
     let misconfigured = Courier::start(&wrong, &[("COURIER_REDIS_TIMEOUT_MS", "300")]);
     redis.restart();
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "courier",
-            "on",
-            &format!(">{password}"),
-            "~*",
-            "&*",
-            "+@all",
-        ])
-        .query(&mut redis.conn())
-        .expect("ACL SETUSER");
+    add_acl_user(&redis, password);
     let (status, body) = http_get(misconfigured.addr, "/readyz").await;
     assert_eq!(status, 503, "wrong password: not ready");
     assert!(!body.contains(password), "{body}");
