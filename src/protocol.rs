@@ -266,11 +266,24 @@ const CURRENT_FORMAT: &str = r#"{"type":"messages","time_key":<int>,"messages":[
 
 /// Decodes one text frame. Checks shape and types only; [`validate_batch`] checks a
 /// batch against the limits and the sender.
+///
+/// Valid frames take one typed parse; only a frame that fails it is parsed again
+/// into a generic value to name what is wrong (the slow path decides every error).
 pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ProtocolError> {
     let trimmed = text.trim();
     if trimmed == "received" || trimmed == "\"received\"" {
         return Ok(ClientFrame::Received);
     }
+    let fast = if text.contains("\"ack\"") {
+        serde_json::from_str::<AckFrame>(text).map(|a| ClientFrame::Ack(a.time_key))
+    } else {
+        serde_json::from_str::<SendBatch>(text).map(ClientFrame::Send)
+    };
+    fast.or_else(|_| classify(text))
+}
+
+/// The slow path: why a frame is not valid (or, if it is after all, the frame).
+fn classify(text: &str) -> Result<ClientFrame, ProtocolError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         ProtocolError::new(ErrorCode::InvalidJson, format!("frame is not JSON: {e}"))
     })?;
@@ -544,6 +557,36 @@ mod tests {
         let error = decode_client_frame(&frame).expect_err("unknown field");
         assert_eq!(error.code, ErrorCode::InvalidFrame);
         assert!(error.message.len() <= MAX_ERROR_MESSAGE_BYTES + '…'.len_utf8());
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_slow_path() {
+        let frames = [
+            r#"{"type":"ack","time_key":1}"#,
+            r#"{"type":"messages","time_key":1,"messages":[{"sender_id":1,"chat_id":2,"content_text":"ack"}]}"#,
+            r#"{"type":"messages","time_key":1,"messages":[],"token":"t"}"#,
+            r#"{"type":"ack","time_key":1,"content":{}}"#,
+            r#"{"type":"messages","time_key":1,"messages":[{"receiver_id":1}]}"#,
+        ];
+        for frame in frames {
+            assert_eq!(decode_client_frame(frame), classify(frame), "{frame}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_path_equals_slow_path_on_frame_like_input(
+            kind in "(ack|messages|x)",
+            time_key in "(1|-1|1\\.5|\"1\"|18446744073709551616)",
+            extra in "(|,\"token\":1|,\"messages\":\\[\\]|,\"x\":1)",
+            sender in "(1|\"1\")",
+            field in "(content_text|receiver_id|content)",
+        ) {
+            let text = format!(
+                r#"{{"type":"{kind}","time_key":{time_key}{extra},"messages":[{{"sender_id":{sender},"chat_id":2,"{field}":"t"}}]}}"#
+            );
+            proptest::prop_assert_eq!(decode_client_frame(&text), classify(&text));
+        }
     }
 
     #[test]
