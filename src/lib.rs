@@ -29,9 +29,12 @@
 //!   summary, dead-letter replay.
 //! - [`auth`]: token extraction and JWT validation.
 //! - [`protocol`]: frames, error codes, close codes (pure).
-//! - [`session`]: one connection: reader loop, in-flight batches, writer.
+//! - [`publish`]: the send path shared by WebSocket clients and the HTTP API.
+//! - [`session`]: one connection: reader loop, sends, deliveries and acks, in-flight
+//!   batches, abuse limits, writer.
 //! - [`store`]: the Redis layout: keys, scripts, send, inbox, notifications, ops.
-//! - [`telemetry`]: logging setup.
+//! - [`metrics`]: the Prometheus registry served at `/metrics`.
+//! - [`telemetry`]: logs, OTLP traces, trace context in stream entries.
 
 pub mod api;
 pub mod auth;
