@@ -30,7 +30,7 @@ pub enum ApiError {
         limit: u64,
     },
     /// Refused as a WebSocket send would be: the protocol error code, with the status
-    /// of [`protocol_status`].
+    /// of `protocol_status`.
     #[error("{}", .0.message)]
     Refused(ProtocolError),
     /// Redis failed (503 `unavailable` or 500 `internal`).

@@ -1,12 +1,12 @@
 //! The HTTP API for other services and operators, under `/api/v1/`
 //! (docs/openapi.yaml is its reference):
 //!
-//! - `POST /api/v1/messages` ([`publish`]): a backend sends a batch as any user, through
+//! - `POST /api/v1/messages` (`publish`): a backend sends a batch as any user, through
 //!   the same validation, fan-out and dedup as a WebSocket send.
 //! - `GET /api/v1/users/{id}/pending` and `POST /api/v1/users/{id}/dead-letters/replay`
-//!   ([`ops`]): a user's pending summary, and the replay of their dead letters.
+//!   (`ops`): a user's pending summary, and the replay of their dead letters.
 //!
-//! Every route needs a service credential ([`access`]). A request is routed first (so
+//! Every route needs a service credential (`access`). A request is routed first (so
 //! an unknown path is a 404 whoever asks), then authorised, then handled; every
 //! failure is an [`ApiError`], turned into a status and a JSON body in one place.
 

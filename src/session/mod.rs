@@ -3,10 +3,10 @@
 //! [`prepare`] runs before the upgrade: it subscribes the user's wake-ups and joins
 //! the device's consumer group (claiming what earlier connections left pending), so a
 //! Redis failure is still an HTTP error. [`run`] then serves the socket in one task:
-//! client frames go to [`sending`] (batches) and [`delivery`] (acks); wake-ups, the
-//! safety poll and the ack-timeout check make [`delivery`] read the inbox and push
+//! client frames go to `sending` (batches) and `delivery` (acks); wake-ups, the
+//! safety poll and the ack-timeout check make `delivery` read the inbox and push
 //! batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are unacked. Writes go
-//! through the bounded [`writer::Outbox`]. When the connection ends, its consumer is
+//! through the bounded `writer::Outbox`. When the connection ends, its consumer is
 //! deleted if nothing is pending on it; otherwise the device's next connection
 //! claims the entries.
 

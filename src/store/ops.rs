@@ -143,7 +143,7 @@ impl Store {
     }
 
     /// Moves every dead letter of `user` back into the inbox (see `replay.lua`), in
-    /// chunks of [`REPLAY_CHUNK`], each atomic, and wakes the user's connections.
+    /// chunks of `REPLAY_CHUNK`, each atomic, and wakes the user's connections.
     /// Returns how many were moved.
     pub async fn replay_dead_letters(&self, user: u64, maxlen: u64) -> Result<u64, StoreError> {
         let mut from = String::from("-");
