@@ -6,6 +6,10 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+#[allow(unused_imports)]
+pub use cluster::RedisCluster;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
