@@ -153,6 +153,77 @@ async fn resent_time_key_is_acked_again_and_not_a_member_writes_nothing() {
     assert_eq!(cluster.cmd::<u64>(&["LLEN", &format!("user:{bob}")]), 1);
 }
 
+/// An API call with the test key; returns the status and the JSON body.
+async fn api(
+    courier: &Courier,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let headers = [("Authorization", "Bearer test-api-key-0123456789")];
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, text) = http_request(courier.addr, method, path, &headers, &body).await;
+    (status, serde_json::from_str(&text).expect("a JSON body"))
+}
+
+#[tokio::test]
+async fn http_publish_dead_letters_and_replay_work_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let courier = courier_on(
+        &cluster,
+        &[
+            ("COURIER_API_KEY", "test-api-key-0123456789"),
+            ("COURIER_ACK_TIMEOUT_MS", "200"),
+            ("COURIER_MAX_DELIVERIES", "2"),
+        ],
+    );
+    let users = cluster.users_on_distinct_primaries(1, 2);
+    let (alice, bob) = (users[0], users[1]);
+    cluster.create_chat(10, &users);
+    let mut to_bob = courier.connect(bob).await;
+    let batch = json!({"time_key": 9, "messages": [
+        {"sender_id": alice, "chat_id": 10, "content_text": "poison"}]});
+    let (status, body) = api(&courier, "POST", "/api/v1/messages", batch.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["first_id"].as_u64().expect("first_id");
+    let (status, again) = api(&courier, "POST", "/api/v1/messages", batch).await;
+    assert_eq!((status, again["status"].as_str()), (202, Some("duplicate")));
+    assert_eq!(again["first_id"], body["first_id"]);
+
+    for _ in 0..2 {
+        assert_eq!(ids(&to_bob.recv_batch().await.messages), [id]);
+    }
+    let dead = format!("dead:{{user:{bob}}}");
+    wait_for(|| cluster.xlen(&dead) == 1, "the dead letter").await;
+    let (status, summary) = api(
+        &courier,
+        "GET",
+        &format!("/api/v1/users/{bob}/pending"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(
+        (status, summary["dead_letters"].as_u64()),
+        (200, Some(1)),
+        "{summary}"
+    );
+
+    // Replay publishes the wake-up with SPUBLISH on the user's shard channel.
+    let path = format!("/api/v1/users/{bob}/dead-letters/replay");
+    let (status, body) = api(&courier, "POST", &path, json!(null)).await;
+    assert_eq!(
+        (status, body["replayed"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    let replayed = to_bob.recv_batch().await;
+    assert_eq!(ids(&replayed.messages), [id]);
+}
+
 #[tokio::test]
 async fn instances_share_nothing_but_the_cluster() {
     let cluster = RedisCluster::start();
@@ -250,6 +321,24 @@ async fn a_send_that_failed_on_one_node_is_completed_by_its_retry_with_the_same_
     assert_eq!(at_carol[0], at_bob[1], "one id for every recipient");
     let mut to_carol = courier.connect(carol).await;
     assert_eq!(texts(&to_carol.recv_batch().await.messages), ["split"]);
+}
+
+#[tokio::test]
+async fn a_tls_cluster_is_reached_with_rediss_cluster_and_a_private_ca() {
+    let cluster = RedisCluster::start_tls();
+    let ca_file = cluster.ca_file();
+    let courier = courier_on(&cluster, &[("COURIER_REDIS_CA_FILE", &ca_file)]);
+    let users = cluster.users_on_distinct_primaries(1, 3);
+    cluster.create_chat(10, &users);
+    let mut to_bob = courier.connect(users[1]).await;
+    let mut to_carol = courier.connect(users[2]).await;
+    let mut from_alice = courier.connect(users[0]).await;
+
+    from_alice.send_acked(1, users[0], &[(10, "sealed")]).await;
+    assert_eq!(texts(&to_bob.recv_batch().await.messages), ["sealed"]);
+    assert_eq!(texts(&to_carol.recv_batch().await.messages), ["sealed"]);
+    let (status, _) = http_get(courier.addr, "/readyz").await;
+    assert_eq!(status, 200, "every node answers PING over TLS");
 }
 
 /// Starts a sender task that keeps sending one-message batches to chat 10, retrying
@@ -454,4 +543,62 @@ async fn a_primary_failover_under_traffic_loses_no_acked_send() {
     let mut from_alice = courier.connect(alice).await;
     from_alice.send_acked(-1, alice, &[(10, "after")]).await;
     assert_eq!(texts(&to_bob.recv_batch().await.messages), ["after"]);
+}
+
+/// Sends batches of 10 messages from 16 connections for 4 s and returns the
+/// messages acked per second. Chat `100 + i` holds sender `1 + i` and two
+/// recipients, so each message is written to two inboxes (on two slots).
+async fn measure_sends(courier: &Courier) -> f64 {
+    const SENDERS: u64 = 16;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|i| {
+            let url = format!("{}?device=load", courier.ws_url());
+            tokio::spawn(async move {
+                let sender = 1 + i;
+                let mut client = WsClient::connect_with_header(&url, "token", &token(sender))
+                    .await
+                    .expect("connect");
+                let messages = [(100 + i, "0123456789abcdef0123456789abcdef"); 10];
+                let mut sent = 0u64;
+                let mut time_key = 0;
+                while Instant::now() < deadline {
+                    time_key += 1;
+                    client.send_acked(time_key, sender, &messages).await;
+                    sent += messages.len() as u64;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("sender");
+    }
+    total as f64 / 4.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test --release --test cluster -- --ignored --nocapture"]
+async fn throughput_single_node_vs_cluster() {
+    let unlimited = [
+        ("COURIER_RATE_LIMIT_FPS", "1000000"),
+        ("COURIER_RATE_LIMIT_BURST", "1000000"),
+    ];
+    let single = RedisServer::start();
+    let cluster = RedisCluster::start();
+    for i in 0..16u64 {
+        let members = [1 + i, 1000 + i, 2000 + i];
+        single.create_chat(100 + i, &members);
+        cluster.create_chat(100 + i, &members);
+    }
+    let on_single = Courier::start(&single.url(), &unlimited);
+    let single_rate = measure_sends(&on_single).await;
+    drop(on_single);
+    let on_cluster = Courier::start(&cluster.url(), &unlimited);
+    let cluster_rate = measure_sends(&on_cluster).await;
+    eprintln!(
+        "messages acked per second (16 connections, batches of 10, 2 recipients each): \
+         single node {single_rate:.0}, 3-primary cluster {cluster_rate:.0}"
+    );
 }

@@ -102,6 +102,7 @@ impl Notifier {
             url,
             wakers: notifier.wakers.clone(),
             subscribed: HashSet::new(),
+            own_unsubscribes: HashMap::new(),
             metrics,
             connected: true,
         };
@@ -155,6 +156,9 @@ struct NotifierTask {
     wakers: Arc<Mutex<Wakers>>,
     /// Users whose channel is subscribed in Redis.
     subscribed: HashSet<u64>,
+    /// Per user, confirmations still to come of UNSUBSCRIBEs we sent: an unsubscribe
+    /// push beyond these comes from the server (a cluster slot moved away).
+    own_unsubscribes: HashMap<u64, usize>,
     /// Counts reconnects.
     metrics: Arc<Metrics>,
     /// False between a disconnection and the next successful PING.
@@ -220,6 +224,7 @@ impl NotifierTask {
             match self.conn.unsubscribe(&channels).await {
                 Ok(()) => to_unsubscribe.iter().for_each(|u| {
                     self.subscribed.remove(u);
+                    *self.own_unsubscribes.entry(*u).or_default() += 1;
                 }),
                 Err(e) => {
                     tracing::warn!(error = %super::redact_error(&e, &self.url), "pub/sub unsubscribe failed")
@@ -270,6 +275,7 @@ impl NotifierTask {
             tracing::warn!("pub/sub connection lost; reconnecting");
             self.connected = false;
             self.subscribed.clear();
+            self.own_unsubscribes.clear();
         } else if let Some(user) = user {
             if self.conn.is_message(&push.kind) {
                 self.wake(user);
@@ -279,11 +285,19 @@ impl NotifierTask {
         }
     }
 
-    /// A channel was unsubscribed: our own UNSUBSCRIBE, or the cluster moved the
-    /// user's slot away from the node we were subscribed on. If the user still has
-    /// connections here, subscribe again (the client routes it to the slot's current
-    /// owner) and wake them, since wake-ups may have been missed meanwhile.
+    /// A channel was unsubscribed: the confirmation of our own UNSUBSCRIBE (nothing
+    /// to do), or the cluster moved the user's slot away from the node we were
+    /// subscribed on. Then, if the user still has connections here, subscribe again
+    /// (the client routes it to the slot's current owner) and wake them, since
+    /// wake-ups may have been missed meanwhile.
     async fn on_unsubscribed(&mut self, user: u64) {
+        if let Some(count) = self.own_unsubscribes.get_mut(&user) {
+            *count -= 1;
+            if *count == 0 {
+                self.own_unsubscribes.remove(&user);
+            }
+            return;
+        }
         self.subscribed.remove(&user);
         if !self.wakers().contains_key(&user) {
             return;

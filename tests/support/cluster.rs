@@ -8,6 +8,7 @@
 //! down, as a partial failure needs).
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterConnection};
@@ -18,16 +19,24 @@ use super::{WAIT, free_port};
 /// One `redis-server` of the cluster.
 pub struct ClusterNode {
     pub port: u16,
+    /// The cluster bus port (by default `port + 10000`, which may not exist for a
+    /// high ephemeral port).
+    bus_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The directory of the CA and server certificate when the cluster speaks TLS
+    /// only (clients, cluster bus and replication).
+    tls: Option<Arc<tempfile::TempDir>>,
 }
 
 impl ClusterNode {
-    fn start() -> Self {
+    fn start(tls: Option<Arc<tempfile::TempDir>>) -> Self {
         let mut node = Self {
             port: free_port(),
+            bus_port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            tls,
         };
         node.spawn();
         node
@@ -35,10 +44,25 @@ impl ClusterNode {
 
     fn spawn(&mut self) {
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(certs) => {
+                let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .args(["--tls-cert-file", &file("server.crt")])
+                    .args(["--tls-key-file", &file("server.key")])
+                    .args(["--tls-ca-cert-file", &file("ca.crt")])
+                    .args(["--tls-auth-clients", "no"])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+            }
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir", &dir])
             .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-port", &self.bus_port.to_string()])
             .args(["--cluster-config-file", &format!("{dir}/nodes.conf")])
             .args(["--cluster-node-timeout", "2000"])
             .args(["--cluster-require-full-coverage", "no"])
@@ -61,9 +85,24 @@ impl ClusterNode {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A client of this node alone (TLS with the test CA when the cluster uses TLS).
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            None => redis::Client::open(format!("redis://{}", self.addr())),
+            Some(certs) => redis::Client::build_with_tls(
+                format!("rediss://{}", self.addr()),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(certs.path().join("ca.crt"))?),
+                },
+            ),
+        }
+    }
+
     /// Runs a command on this node (no redirection); `None` if it failed.
     pub fn try_cmd<T: FromRedisValue>(&self, args: &[&str]) -> Option<T> {
-        let mut conn = redis::Client::open(format!("redis://{}", self.addr()))
+        let mut conn = self
+            .client()
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(1))
             .ok()?;
@@ -76,7 +115,8 @@ impl ClusterNode {
 
     /// Runs a command on this node (no redirection) and returns its reply.
     pub fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
-        let mut conn = redis::Client::open(format!("redis://{}", self.addr()))
+        let mut conn = self
+            .client()
             .and_then(|c| c.get_connection())
             .unwrap_or_else(|e| panic!("connect to node {}: {e}", self.port));
         let mut cmd = redis::cmd(args[0]);
@@ -133,25 +173,44 @@ pub struct RedisCluster {
     /// Every node, in creation order: the primaries first, then the replicas (roles
     /// change on a failover: ask [`ClusterNode::is_primary`]).
     pub nodes: Vec<ClusterNode>,
+    /// The certificates' directory of a TLS cluster.
+    tls: Option<Arc<tempfile::TempDir>>,
 }
 
 impl RedisCluster {
     /// Three primaries, no replica.
     pub fn start() -> Self {
-        Self::start_with(0)
+        Self::start_with(0, false)
     }
 
     /// Three primaries with one replica each (for failover).
     pub fn start_with_replicas() -> Self {
-        Self::start_with(1)
+        Self::start_with(1, false)
     }
 
-    fn start_with(replicas: usize) -> Self {
+    /// Three primaries speaking only TLS, with a private CA ([`Self::ca_file`]).
+    pub fn start_tls() -> Self {
+        Self::start_with(0, true)
+    }
+
+    fn start_with(replicas: usize, tls: bool) -> Self {
         let started = Instant::now();
+        let tls = tls.then(|| {
+            let certs = tempfile::tempdir().expect("temp dir");
+            super::make_tls_certificates(certs.path());
+            Arc::new(certs)
+        });
         let nodes: Vec<ClusterNode> = (0..3 * (1 + replicas))
-            .map(|_| ClusterNode::start())
+            .map(|_| ClusterNode::start(tls.clone()))
             .collect();
-        let output = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(certs) = &tls {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(certs.path().join("ca.crt"));
+        }
+        let output = create
             .args(["--cluster", "create"])
             .args(nodes.iter().map(ClusterNode::addr))
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -162,7 +221,7 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, tls };
         cluster.wait_ready();
         if replicas > 0 {
             // A replica may say `master_link_status:up` while its primary still
@@ -223,7 +282,18 @@ impl RedisCluster {
     /// as seeds).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes.iter().take(3).map(ClusterNode::addr).collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+cluster://{}", seeds.join(","))
+    }
+
+    /// Path of the CA certificate of a TLS cluster.
+    pub fn ca_file(&self) -> String {
+        let certs = self.tls.as_ref().expect("a TLS cluster");
+        certs.path().join("ca.crt").to_string_lossy().into_owned()
     }
 
     /// A cluster connection (follows redirects) for assertions and fixtures.
@@ -232,10 +302,23 @@ impl RedisCluster {
             .nodes
             .iter()
             .filter(|n| n.child.is_some())
-            .map(|n| format!("redis://{}", n.addr()))
+            .map(|n| {
+                let scheme = if self.tls.is_some() {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                format!("{scheme}://{}", n.addr())
+            })
             .collect();
-        ClusterClient::builder(seeds)
-            .retries(20)
+        let mut builder = ClusterClient::builder(seeds).retries(20);
+        if self.tls.is_some() {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(self.ca_file()).expect("the CA file")),
+            });
+        }
+        builder
             .build()
             .and_then(|c| c.get_connection())
             .expect("connect to the test cluster")
@@ -413,7 +496,8 @@ impl RedisCluster {
 /// `(start, end, primary port)` of every slot range a node reports, sorted; `None`
 /// if it does not answer.
 fn slot_map(node: &ClusterNode) -> Option<Vec<(u16, u16, u16)>> {
-    let mut conn = redis::Client::open(format!("redis://{}", node.addr()))
+    let mut conn = node
+        .client()
         .ok()?
         .get_connection_with_timeout(Duration::from_secs(1))
         .ok()?;
