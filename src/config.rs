@@ -25,8 +25,9 @@ pub struct Config {
     #[arg(long, env = "COURIER_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Redis URL (`redis://`, `rediss://`, with `user:password@` for ACLs).
-    /// Defaults to `redis://127.0.0.1:6379`.
+    /// Redis URL (`redis://`, `rediss://`, with `user:password@` for ACLs), or a
+    /// Redis Cluster's seed nodes: `redis+cluster://host:port,host:port` (TLS:
+    /// `rediss+cluster://`). Defaults to `redis://127.0.0.1:6379`.
     #[arg(
         long,
         env = "COURIER_REDIS_URL",
@@ -219,11 +220,8 @@ impl Config {
                     .into(),
             ));
         }
-        if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
-            return Err(ConfigError(format!(
-                "COURIER_REDIS_URL (--redis-url): {}",
-                crate::store::redact_error(&e, &self.redis_url)
-            )));
+        if let Err(e) = crate::store::backend::Topology::parse(&self.redis_url) {
+            return Err(ConfigError(format!("COURIER_REDIS_URL (--redis-url): {e}")));
         }
         Ok(())
     }

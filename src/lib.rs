@@ -14,7 +14,9 @@
 //!    validated whole, membership is read from `chat:<id>`, then one Lua script
 //!    allocates ids and, for every recipient, XADDs the inbox entry, RPUSHes the
 //!    legacy list item and PUBLISHes the wake-up — atomically, deduplicated by the
-//!    batch's `time_key`. The client gets its ack after Redis confirmed.
+//!    batch's `time_key`. On a Redis Cluster the same writes run as one atomic
+//!    script per recipient slot ([`store::backend`] decides). The client gets its
+//!    ack after Redis confirmed.
 //! 3. **Deliver** ([`session`], [`store::inbox`], [`store::notify`]): each
 //!    connection is one consumer. A wake-up (one pub/sub subscription per instance)
 //!    or the periodic safety poll makes it read (XREADGROUP, never blocking) its own
@@ -32,7 +34,8 @@
 //! - [`publish`]: the send path shared by WebSocket clients and the HTTP API.
 //! - [`session`]: one connection: reader loop, sends, deliveries and acks, in-flight
 //!   batches, abuse limits, writer.
-//! - [`store`]: the Redis layout: keys, scripts, send, inbox, notifications, ops.
+//! - [`store`]: the Redis layout: keys, scripts, send, inbox, notifications, ops;
+//!   single node or cluster behind one connection type.
 //! - [`metrics`]: the Prometheus registry served at `/metrics`.
 //! - [`telemetry`]: logs, OTLP traces, trace context in stream entries.
 

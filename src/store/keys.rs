@@ -38,6 +38,22 @@ pub fn dedup(user: u64, time_key: &str) -> String {
     format!("dedup:{{user:{user}}}:{time_key}")
 }
 
+/// `dedup:{user:<sender>}:<time_key>:ids`: the ids reserved for a batch being
+/// written on a Redis Cluster, `<first_id>:<count>`, so that a retry after a partial
+/// failure writes the same ids. Expires with the dedup window. (Cluster only; an
+/// addition to DESIGN §3, see the README.)
+pub fn dedup_ids(sender: u64, time_key: &str) -> String {
+    format!("dedup:{{user:{sender}}}:{time_key}:ids")
+}
+
+/// `dedup:{user:<recipient>}:from:<sender>:<time_key>`: marks, in the recipient's
+/// slot, that a batch was written to that recipient, `<first_id>:<count>`, so a retry
+/// on a Redis Cluster skips it. Expires with the dedup window. (Cluster only; an
+/// addition to DESIGN §3, see the README.)
+pub fn delivered_marker(recipient: u64, sender: u64, time_key: &str) -> String {
+    format!("dedup:{{user:{recipient}}}:from:{sender}:{time_key}")
+}
+
 /// `chat:<id>`: the chat's member ids, written by other services.
 pub fn chat(chat: u64) -> String {
     format!("chat:{chat}")
@@ -56,6 +72,8 @@ mod tests {
         assert_eq!(legacy_list(7), "user:7");
         assert_eq!(dead_letters(7), "dead:{user:7}");
         assert_eq!(dedup(7, "-3"), "dedup:{user:7}:-3");
+        assert_eq!(dedup_ids(7, "-3"), "dedup:{user:7}:-3:ids");
+        assert_eq!(delivered_marker(2, 7, "-3"), "dedup:{user:2}:from:7:-3");
         assert_eq!(chat(10), "chat:10");
         assert_eq!(
             user_of_notify_channel(notify_channel(42).as_bytes()),

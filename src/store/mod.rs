@@ -5,25 +5,27 @@
 //! courier keeps a fixed number of Redis connections per instance, whatever the
 //! number of WebSocket clients: one multiplexed, auto-reconnecting connection for
 //! commands (pipelined by the client library) and one RESP3 connection for pub/sub
-//! ([`notify::Notifier`]). Nothing ever blocks a connection (no `BLOCK`).
+//! ([`notify::Notifier`]) — per node on a Redis Cluster. Nothing ever blocks a
+//! connection (no `BLOCK`). Single node or cluster is decided once, in [`backend`];
+//! every operation here runs on both.
 
+pub mod backend;
 pub mod inbox;
 pub mod keys;
 pub mod notify;
 pub mod ops;
 mod reply;
 pub mod send;
+mod send_sharded;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    Client, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError, RedisFuture,
-    TlsCertificates, Value,
-};
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 
 use crate::metrics::Metrics;
+use backend::RedisBackend;
 
 pub use inbox::{ConsumerRef, StreamEntry};
 pub use send::{SendOutcome, SendRequest};
@@ -40,12 +42,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Sorts a Redis error: what a retry can cure (the server or a cluster node is
+    /// unreachable, loading, busy, or a slot is moving or failing over — `MOVED`,
+    /// `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` from a demoted
+    /// primary) is `Unavailable`; anything else is `Internal`.
     fn from_redis(e: &RedisError, url: &str) -> Self {
         let text = redact_error(e, url);
         if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::ReadOnly
+                    )
+            )
             || matches!(
                 e.code(),
                 Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN")
@@ -77,10 +93,11 @@ pub fn redact(text: &str, url: &str) -> String {
     }
 }
 
-/// Handle on Redis for commands. Cheap to clone: every clone shares one connection.
+/// Handle on Redis for commands. Cheap to clone: every clone shares one connection
+/// (one per node on a cluster).
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisBackend,
     url: Arc<str>,
     metrics: Arc<Metrics>,
 }
@@ -88,7 +105,7 @@ pub struct Store {
 /// The shared connection, seen by one operation: every command sent through it is
 /// timed and counted under that operation's name.
 pub(crate) struct TimedConnection {
-    inner: ConnectionManager,
+    inner: RedisBackend,
     operation: &'static str,
     metrics: Arc<Metrics>,
 }
@@ -130,7 +147,8 @@ impl ConnectionLike for TimedConnection {
 /// How [`Store`] connects.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// The Redis URL.
+    /// The Redis URL: `redis://`/`rediss://` for one server, or
+    /// `redis+cluster://`/`rediss+cluster://` with seed nodes (see [`backend::Topology`]).
     pub url: String,
     /// Timeout of one command.
     pub response_timeout: Duration,
@@ -138,41 +156,11 @@ pub struct StoreOptions {
     pub ca_cert: Option<Vec<u8>>,
 }
 
-impl StoreOptions {
-    /// A client for these options speaking `protocol` (RESP3 for pub/sub pushes).
-    fn client(&self, protocol: ProtocolVersion) -> Result<Client, StoreError> {
-        let error = |e: RedisError| StoreError::from_redis(&e, &self.url);
-        let info = self.url.as_str().into_connection_info().map_err(error)?;
-        let settings = info.redis_settings().clone().set_protocol(protocol);
-        let info = info.set_redis_settings(settings);
-        // rustls (behind rediss://) needs one process-wide crypto provider; a second
-        // install (by another client) is a harmless no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        match &self.ca_cert {
-            None => Client::open(info).map_err(error),
-            Some(ca) => {
-                let certificates = TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                };
-                Client::build_with_tls(info, certificates).map_err(error)
-            }
-        }
-    }
-}
-
 impl Store {
     /// Connects lazily: the first command opens the connection, and a broken one is
     /// reopened on the next command. Fails only on a malformed URL.
     pub fn open(options: &StoreOptions, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        let client = options.client(ProtocolVersion::RESP2)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.response_timeout))
-            .set_connection_timeout(Some(options.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::from_redis(&e, &options.url))?;
+        let conn = RedisBackend::open(options, None)?;
         Ok(Self {
             conn,
             url: options.url.as_str().into(),
@@ -193,7 +181,12 @@ impl Store {
         StoreError::from_redis(&e, &self.url)
     }
 
-    /// `PING`: is Redis answering? Used by `/readyz`.
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// `PING`: is Redis answering (every node, on a cluster)? Used by `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         redis::cmd("PING")
             .query_async::<()>(&mut self.conn("ping"))

@@ -2,10 +2,14 @@
 //!
 //! The [`Notifier`] owns a RESP3 connection (auto-reconnecting, resubscribing by
 //! itself) subscribed to `notify:{user:<id>}` for every user with at least one
-//! connection here. The send script publishes on the recipients' channels; a message
-//! wakes every local connection of that user, which then reads its inbox. Wake-ups
-//! carry no data: a lost one only delays delivery until the connection's safety poll,
-//! and after the pub/sub connection comes back every connection is woken.
+//! connection here — a plain channel on a single node, a shard channel (`SSUBSCRIBE`,
+//! on the node of the user's slot) on a Redis Cluster ([`RedisBackend`]). The send
+//! script publishes on the recipients' channels; a message wakes every local
+//! connection of that user, which then reads its inbox. Wake-ups carry no data: a lost
+//! one only delays delivery until the connection's safety poll, and after the pub/sub
+//! connection comes back every connection is woken. When a cluster moves a user's slot
+//! to another node, that node's server drops the shard subscription (an `sunsubscribe`
+//! push): the user is subscribed again, now on the new owner, and woken.
 //!
 //! Subscribing and unsubscribing go through one task in request order, batched into
 //! single SUBSCRIBE/UNSUBSCRIBE commands, so a user leaving and another connection of
@@ -16,11 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ProtocolVersion, PushInfo, PushKind};
+use redis::{PushInfo, PushKind};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::backend::RedisBackend;
 use super::{StoreError, StoreOptions, keys};
 use crate::metrics::Metrics;
 
@@ -85,17 +89,8 @@ impl Notifier {
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let url = options.url.clone();
-        let client = options.client(ProtocolVersion::RESP3)?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(push_tx)
-            .set_automatic_resubscription()
-            .set_response_timeout(Some(options.response_timeout))
-            .set_connection_timeout(Some(options.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::from_redis(&e, &url))?;
+        let conn = RedisBackend::open(options, Some(push_tx))?;
         let (requests, request_rx) = mpsc::unbounded_channel();
         let notifier = Self {
             wakers: Arc::default(),
@@ -107,6 +102,7 @@ impl Notifier {
             url,
             wakers: notifier.wakers.clone(),
             subscribed: HashSet::new(),
+            own_unsubscribes: HashMap::new(),
             metrics,
             connected: true,
         };
@@ -155,11 +151,14 @@ impl Notifier {
 
 /// The task behind [`Notifier`]: owns the pub/sub connection.
 struct NotifierTask {
-    conn: ConnectionManager,
+    conn: RedisBackend,
     url: String,
     wakers: Arc<Mutex<Wakers>>,
     /// Users whose channel is subscribed in Redis.
     subscribed: HashSet<u64>,
+    /// Per user, confirmations still to come of UNSUBSCRIBEs we sent: an unsubscribe
+    /// push beyond these comes from the server (a cluster slot moved away).
+    own_unsubscribes: HashMap<u64, usize>,
     /// Counts reconnects.
     metrics: Arc<Metrics>,
     /// False between a disconnection and the next successful PING.
@@ -187,7 +186,7 @@ impl NotifierTask {
                     }
                     self.sync(batch).await;
                 }
-                Some(push) = pushes.recv() => self.on_push(push),
+                Some(push) = pushes.recv() => self.on_push(push).await,
                 _ = health.tick() => self.check_health().await,
             }
         }
@@ -222,32 +221,39 @@ impl NotifierTask {
                 .iter()
                 .map(|&u| keys::notify_channel(u))
                 .collect();
-            match self.conn.unsubscribe(channels).await {
+            match self.conn.unsubscribe(&channels).await {
                 Ok(()) => to_unsubscribe.iter().for_each(|u| {
                     self.subscribed.remove(u);
+                    *self.own_unsubscribes.entry(*u).or_default() += 1;
                 }),
                 Err(e) => {
                     tracing::warn!(error = %super::redact_error(&e, &self.url), "pub/sub unsubscribe failed")
                 }
             }
         }
-        let mut result = Ok(());
+        let mut failure = None;
         if !to_subscribe.is_empty() {
             let channels: Vec<String> = to_subscribe
                 .iter()
                 .map(|&u| keys::notify_channel(u))
                 .collect();
-            match self.conn.subscribe(channels).await {
-                Ok(()) => self.subscribed.extend(to_subscribe.iter().copied()),
-                Err(e) => result = Err(StoreError::from_redis(&e, &self.url)),
+            let results = self.conn.subscribe(&channels).await;
+            for (&user, result) in to_subscribe.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        self.subscribed.insert(user);
+                    }
+                    Err(e) => failure = Some(StoreError::from_redis(&e, &self.url).to_string()),
+                }
+            }
+            if let Some(cause) = &failure {
+                tracing::debug!(%cause, "some wake-up subscriptions failed; retried every second");
             }
         }
         for request in batch {
             let Some(done) = request.done else { continue };
-            let answer = match &result {
-                Err(StoreError::Unavailable(cause) | StoreError::Internal(cause))
-                    if !self.subscribed.contains(&request.user) =>
-                {
+            let answer = match &failure {
+                Some(cause) if !self.subscribed.contains(&request.user) => {
                     Err(StoreError::Unavailable(cause.clone()))
                 }
                 _ => Ok(()),
@@ -256,44 +262,99 @@ impl NotifierTask {
         }
     }
 
-    fn on_push(&mut self, push: PushInfo) {
-        match push.kind {
-            PushKind::Message => {
-                let Some(user) = push.data.first().and_then(|channel| match channel {
-                    redis::Value::BulkString(bytes) => keys::user_of_notify_channel(bytes),
-                    _ => None,
-                }) else {
-                    return;
-                };
-                if let Some(list) = self.wakers().get(&user) {
-                    list.iter().for_each(|(_, waker)| waker.notify_one());
-                }
+    async fn on_push(&mut self, push: PushInfo) {
+        let user = push.data.first().and_then(|channel| match channel {
+            redis::Value::BulkString(bytes) => keys::user_of_notify_channel(bytes),
+            _ => None,
+        });
+        if push.kind == PushKind::Disconnection {
+            // On a cluster this may be one node of several, and its slots may come
+            // back on a promoted replica: every subscription is made again (the
+            // health check retries those that fail), and each user is woken once
+            // subscribed.
+            tracing::warn!("pub/sub connection lost; reconnecting");
+            self.connected = false;
+            self.subscribed.clear();
+            self.own_unsubscribes.clear();
+        } else if let Some(user) = user {
+            if self.conn.is_message(&push.kind) {
+                self.wake(user);
+            } else if self.conn.is_unsubscribe(&push.kind) {
+                self.on_unsubscribed(user).await;
             }
-            PushKind::Disconnection => {
-                tracing::warn!("pub/sub connection lost; reconnecting");
-                self.connected = false;
-            }
-            _ => {}
         }
     }
 
-    /// While disconnected, PINGs (which makes the connection manager reconnect and
-    /// resubscribe); once back, wakes every connection, since notifications sent in
-    /// between are lost.
-    async fn check_health(&mut self) {
-        if self.connected {
+    /// A channel was unsubscribed: the confirmation of our own UNSUBSCRIBE (nothing
+    /// to do), or the cluster moved the user's slot away from the node we were
+    /// subscribed on. Then, if the user still has connections here, subscribe again
+    /// (the client routes it to the slot's current owner) and wake them, since
+    /// wake-ups may have been missed meanwhile.
+    async fn on_unsubscribed(&mut self, user: u64) {
+        if let Some(count) = self.own_unsubscribes.get_mut(&user) {
+            *count -= 1;
+            if *count == 0 {
+                self.own_unsubscribes.remove(&user);
+            }
             return;
         }
-        if redis::cmd("PING")
-            .query_async::<()>(&mut self.conn)
-            .await
-            .is_ok()
-        {
+        self.subscribed.remove(&user);
+        if !self.wakers().contains_key(&user) {
+            return;
+        }
+        tracing::info!(
+            user,
+            "wake-up channel unsubscribed by Redis; subscribing again"
+        );
+        self.sync(vec![SyncRequest { user, done: None }]).await;
+        self.wake(user);
+    }
+
+    fn wake(&self, user: u64) {
+        if let Some(list) = self.wakers().get(&user) {
+            list.iter().for_each(|(_, waker)| waker.notify_one());
+        }
+    }
+
+    /// While disconnected, PINGs (which makes the connection reconnect and
+    /// resubscribe); once back, wakes every connection, since notifications sent in
+    /// between are lost. While connected, subscribes again the users whose
+    /// subscription failed or was dropped by Redis, and wakes them.
+    async fn check_health(&mut self) {
+        if !self.connected {
+            if redis::cmd("PING")
+                .query_async::<()>(&mut self.conn)
+                .await
+                .is_err()
+            {
+                return;
+            }
             tracing::info!("pub/sub connection back; waking every connection");
             self.connected = true;
             self.metrics.pubsub_reconnects.inc();
             for list in self.wakers().values() {
                 list.iter().for_each(|(_, waker)| waker.notify_one());
+            }
+        }
+        let missing: Vec<u64> = self
+            .wakers()
+            .keys()
+            .copied()
+            .filter(|user| !self.subscribed.contains(user))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        self.sync(
+            missing
+                .iter()
+                .map(|&user| SyncRequest { user, done: None })
+                .collect(),
+        )
+        .await;
+        for user in missing {
+            if self.subscribed.contains(&user) {
+                self.wake(user);
             }
         }
     }

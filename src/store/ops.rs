@@ -156,6 +156,7 @@ impl Store {
                 .arg(REPLAY_CHUNK)
                 .arg(maxlen)
                 .arg(keys::notify_channel(user))
+                .arg(self.conn.publish_command())
                 .invoke_async(&mut self.conn("replay"))
                 .await
                 .map_err(|e| self.error(e))?;

@@ -4,6 +4,7 @@
 -- ARGV[1] where to start: '-' for the beginning, else the last id of the previous
 --         chunk (exclusive)
 -- ARGV[2] chunk size     ARGV[3] inbox MAXLEN     ARGV[4] notify:{user:<id>}
+-- ARGV[5] (optional) the publish command: PUBLISH (default) or SPUBLISH (Redis Cluster)
 --
 -- Each dead letter is appended to the inbox as a new entry with its original fields
 -- (the `deliveries` field the dead-letter script added is dropped), then deleted from
@@ -38,7 +39,7 @@ for _, entry in ipairs(entries) do
 end
 
 if moved > 0 then
-  redis.call('PUBLISH', ARGV[4], '')
+  redis.call(ARGV[5] or 'PUBLISH', ARGV[4], '')
 end
 
 local next = ''

@@ -1,7 +1,9 @@
-//! The send path's Redis side: membership check, then one atomic script that
-//! allocates the message ids and, for every recipient, appends the stream entry and
-//! the legacy list item and publishes the wake-up — or, for a batch already written
-//! within the dedup window, writes nothing and says so.
+//! The send path's Redis side: membership check, then the writes. On a single node,
+//! one atomic script allocates the message ids and, for every recipient, appends the
+//! stream entry and the legacy list item and publishes the wake-up — or, for a batch
+//! already written within the dedup window, writes nothing and says so. On a Redis
+//! Cluster the same writes are split into one atomic step per recipient slot
+//! (`send_sharded.rs`); the API and the outcome are the same.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -89,19 +91,48 @@ struct LegacyMessage<'a> {
     content_text: &'a str,
 }
 
+/// Who gets what: the batch's recipients and, per message, which of them.
+pub(super) struct FanOut {
+    /// Distinct recipients, in first-seen order.
+    pub recipients: Vec<u64>,
+    /// Per message, the indexes (into `recipients`) of its recipients.
+    pub targets: Vec<Vec<usize>>,
+    /// Per message, the legacy list item (`user:<id>` JSON).
+    pub legacy: Vec<String>,
+}
+
 impl Store {
-    /// Writes a validated batch: all of it or, on any error, none of it.
+    /// Writes a validated batch. On a single node it is all of it or, on any error,
+    /// none of it (one script). On a Redis Cluster each recipient's slot is written
+    /// atomically, and a failure may leave some recipients written: the retry with the
+    /// same `time_key` completes the others with the same ids and writes nothing twice
+    /// (`send_sharded.rs`).
     pub async fn send(
         &self,
         request: &SendRequest,
         policy: SendPolicy,
     ) -> Result<SendOutcome, SendError> {
+        let fan_out = self.fan_out(request, policy).await?;
+        if self.conn.is_cluster() {
+            self.send_sharded(request, policy, &fan_out).await
+        } else {
+            self.send_atomic(request, policy, &fan_out).await
+        }
+    }
+
+    /// Checks the sender's membership of every chat and works out the recipients.
+    async fn fan_out(
+        &self,
+        request: &SendRequest,
+        policy: SendPolicy,
+    ) -> Result<FanOut, SendError> {
         let members = self
             .chat_members(request.messages.iter().map(|m| m.chat_id))
             .await?;
         let mut recipients: Vec<u64> = Vec::new();
         let mut recipient_index: HashMap<u64, usize> = HashMap::new();
-        let mut per_message: Vec<Vec<usize>> = Vec::with_capacity(request.messages.len());
+        let mut targets: Vec<Vec<usize>> = Vec::with_capacity(request.messages.len());
+        let mut legacy = Vec::with_capacity(request.messages.len());
         for (index, message) in request.messages.iter().enumerate() {
             let chat_members = members
                 .get(&message.chat_id)
@@ -114,28 +145,49 @@ impl Store {
                     index,
                 });
             }
-            let mut targets = Vec::new();
+            let mut message_targets = Vec::new();
             for &member in chat_members {
                 if member == request.sender && !policy.deliver_to_sender {
                     continue;
                 }
-                let next = recipients.len() + 1;
+                let next = recipients.len();
                 let number = *recipient_index.entry(member).or_insert_with(|| {
                     recipients.push(member);
                     next
                 });
-                if !targets.contains(&number) {
-                    targets.push(number);
+                if !message_targets.contains(&number) {
+                    message_targets.push(number);
                 }
             }
-            per_message.push(targets);
+            targets.push(message_targets);
+            legacy.push(
+                serde_json::to_string(&LegacyMessage {
+                    sender_id: request.sender,
+                    chat_id: message.chat_id,
+                    content_text: &message.content_text,
+                })
+                .map_err(|e| StoreError::Internal(e.to_string()))?,
+            );
         }
+        Ok(FanOut {
+            recipients,
+            targets,
+            legacy,
+        })
+    }
 
+    /// The single-node strategy: one script writes the whole batch (`send.lua`).
+    async fn send_atomic(
+        &self,
+        request: &SendRequest,
+        policy: SendPolicy,
+        fan_out: &FanOut,
+    ) -> Result<SendOutcome, SendError> {
         let mut invocation = SEND_SCRIPT.prepare_invoke();
         invocation
             .key(keys::dedup(request.sender, &request.time_key))
             .key(keys::LAST_MESSAGE_ID);
-        for &user in &recipients {
+        for &user in &fan_out.recipients {
             invocation
                 .key(keys::inbox(user))
                 .key(keys::legacy_list(user));
@@ -145,17 +197,16 @@ impl Store {
             .arg(policy.stream_maxlen)
             .arg(request.messages.len())
             .arg(request.sender)
-            .arg(recipients.len());
-        for &user in &recipients {
+            .arg(fan_out.recipients.len());
+        for &user in &fan_out.recipients {
             invocation.arg(user);
         }
-        for (message, targets) in request.messages.iter().zip(&per_message) {
-            let legacy = serde_json::to_string(&LegacyMessage {
-                sender_id: request.sender,
-                chat_id: message.chat_id,
-                content_text: &message.content_text,
-            })
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        for ((message, targets), legacy) in request
+            .messages
+            .iter()
+            .zip(&fan_out.targets)
+            .zip(&fan_out.legacy)
+        {
             invocation
                 .arg(message.chat_id)
                 .arg(&message.content_text)
@@ -163,7 +214,7 @@ impl Store {
                 .arg(message.traceparent.as_deref().unwrap_or(""))
                 .arg(targets.len());
             for &number in targets {
-                invocation.arg(number);
+                invocation.arg(number + 1);
             }
         }
         let reply: (i64, Value) = invocation
@@ -174,18 +225,16 @@ impl Store {
             (1, Value::Int(first_id)) => Ok(SendOutcome::Written {
                 first_id: first_id.unsigned_abs(),
             }),
-            (0, seen) => match value_text(seen).as_deref().and_then(parse_seen) {
-                Some((first_id, count)) => Ok(SendOutcome::Duplicate { first_id, count }),
-                None => Err(StoreError::Internal("unreadable dedup record".into()).into()),
-            },
+            (0, seen) => Ok(duplicate(seen)?),
             other => {
                 Err(StoreError::Internal(format!("unexpected send script reply {other:?}")).into())
             }
         }
     }
 
-    /// Members of each distinct chat, in one pipelined round trip. Non-numeric list
-    /// items are ignored.
+    /// Members of each distinct chat. Non-numeric list items are ignored. The reads
+    /// are issued together (pipelined by the client; on a cluster, per node, since
+    /// chats live on different slots).
     async fn chat_members(
         &self,
         chats: impl Iterator<Item = u64>,
@@ -194,12 +243,15 @@ impl Store {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut pipe = redis::pipe();
-        for &chat in &chats {
-            pipe.cmd("LRANGE").arg(keys::chat(chat)).arg(0).arg(-1);
-        }
-        let lists: Vec<Vec<String>> = pipe
-            .query_async(&mut self.conn("chat_members"))
+        let reads = chats.iter().map(|&chat| async move {
+            redis::cmd("LRANGE")
+                .arg(keys::chat(chat))
+                .arg(0)
+                .arg(-1)
+                .query_async::<Vec<String>>(&mut self.conn("chat_members"))
+                .await
+        });
+        let lists = futures_util::future::try_join_all(reads)
             .await
             .map_err(|e| self.error(e))?;
         Ok(chats
@@ -215,7 +267,16 @@ impl Store {
     }
 }
 
-/// A dedup record's value, `<first_id>:<count>` (written by `send.lua`).
+/// The outcome for a dedup record found (`<first_id>:<count>`).
+pub(super) fn duplicate(seen: Value) -> Result<SendOutcome, StoreError> {
+    match value_text(seen).as_deref().and_then(parse_seen) {
+        Some((first_id, count)) => Ok(SendOutcome::Duplicate { first_id, count }),
+        None => Err(StoreError::Internal("unreadable dedup record".into())),
+    }
+}
+
+/// A dedup record's value, `<first_id>:<count>` (written by `send.lua`, or by the
+/// cluster strategy's last step).
 fn parse_seen(seen: &str) -> Option<(u64, u64)> {
     let (first_id, count) = seen.split_once(':')?;
     Some((first_id.parse().ok()?, count.parse().ok()?))

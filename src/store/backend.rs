@@ -1,0 +1,323 @@
+//! The one place that knows whether Redis is a single node or a Cluster.
+//!
+//! [`Topology`] is what `COURIER_REDIS_URL` names: `redis://` / `rediss://` for one
+//! server, `redis+cluster://` / `rediss+cluster://` with a comma-separated list of seed
+//! nodes for a Redis Cluster. [`RedisBackend`] is the connection of either kind behind
+//! `redis::aio::ConnectionLike`, so every [`super::Store`] command and script runs
+//! unchanged on both; what differs is said here once:
+//!
+//! - pub/sub: `SUBSCRIBE`/`PUBLISH` on a single node, sharded `SSUBSCRIBE`/`SPUBLISH`
+//!   on a cluster (a shard channel lives on the node of its slot, so wake-ups scale
+//!   with the cluster instead of being broadcast to every node);
+//! - the send strategy ([`RedisBackend::is_cluster`]): one atomic script on a single
+//!   node, one atomic script per recipient slot on a cluster (`send.rs`).
+//!
+//! The cluster client follows `MOVED`/`ASK` redirects, refreshes its slot map, and
+//! retries within the command timeout; scripts missing on a node (`NOSCRIPT`, e.g. a
+//! promoted replica) are loaded on every node and run again by `Script::invoke_async`.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Client, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisError,
+    RedisFuture, RedisResult, TlsCertificates, Value,
+};
+use tokio::sync::mpsc;
+
+use super::{StoreError, StoreOptions};
+
+/// What `COURIER_REDIS_URL` points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis server (`redis://…` or `rediss://…`, as the redis crate reads it).
+    Single(String),
+    /// A Redis Cluster, reached through these seed nodes (each a `redis://` or
+    /// `rediss://` URL with the credentials of the cluster URL). The client discovers
+    /// the other nodes and the slot map from them.
+    Cluster(Vec<String>),
+}
+
+impl Topology {
+    /// Parses a Redis URL. `redis+cluster://[user:password@]host:port,host:port[/]`
+    /// (or `rediss+cluster://` for TLS) names a cluster by its seed nodes; anything
+    /// else is handed to the redis crate as a single-node URL. The error text carries
+    /// no password.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let cluster_scheme = ["redis+cluster", "rediss+cluster"]
+            .into_iter()
+            .find(|scheme| {
+                url.get(..scheme.len() + 3)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&format!("{scheme}://")))
+            });
+        let Some(scheme) = cluster_scheme else {
+            return match url.into_connection_info() {
+                Ok(_) => Ok(Self::Single(url.to_string())),
+                Err(e) => Err(super::redact_error(&e, url)),
+            };
+        };
+        let node_scheme = scheme.trim_end_matches("+cluster");
+        let rest = &url[scheme.len() + 3..];
+        let (userinfo, hosts) = match rest.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, rest),
+        };
+        let hosts = hosts
+            .strip_suffix("/0")
+            .or_else(|| hosts.strip_suffix('/'))
+            .unwrap_or(hosts);
+        if hosts.contains(['/', '?', '#']) {
+            return Err(format!(
+                "a cluster URL is {scheme}://[user:password@]host:port,host:port \
+                 (no database, path or query): {}",
+                super::redact(url, url)
+            ));
+        }
+        let mut nodes = Vec::new();
+        for host in hosts.split(',').map(str::trim) {
+            let port = host.rsplit_once(':').map(|(_, port)| port);
+            if host.is_empty() || port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                return Err(format!(
+                    "cluster node {host:?} is not host:port in {}",
+                    super::redact(url, url)
+                ));
+            }
+            let node = match userinfo {
+                Some(userinfo) => format!("{node_scheme}://{userinfo}@{host}"),
+                None => format!("{node_scheme}://{host}"),
+            };
+            if let Err(e) = node.as_str().into_connection_info() {
+                return Err(super::redact_error(&e, url));
+            }
+            nodes.push(node);
+        }
+        Ok(Self::Cluster(nodes))
+    }
+}
+
+/// A connection to Redis, single node or cluster. Cheap to clone: clones share the
+/// underlying connection(s), and concurrent commands are pipelined by the client
+/// (per node, on a cluster).
+#[derive(Clone)]
+pub enum RedisBackend {
+    /// One server: an auto-reconnecting multiplexed connection.
+    Single(ConnectionManager),
+    /// A Redis Cluster: one multiplexed connection per node, routed by slot.
+    Cluster(ClusterConnection),
+}
+
+impl RedisBackend {
+    /// Connects lazily (the first command opens the connection(s)). With `pushes`,
+    /// the connection speaks RESP3 and sends pub/sub messages and disconnection
+    /// notices there, resubscribing by itself after a reconnect; without, RESP2.
+    pub(super) fn open(
+        options: &StoreOptions,
+        pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+    ) -> Result<Self, StoreError> {
+        let error = |e: RedisError| StoreError::from_redis(&e, &options.url);
+        let protocol = match pushes {
+            Some(_) => ProtocolVersion::RESP3,
+            None => ProtocolVersion::RESP2,
+        };
+        // rustls (behind rediss://) needs one process-wide crypto provider; a second
+        // install (by another client) is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificates = options.ca_cert.as_ref().map(|ca| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
+        });
+        match Topology::parse(&options.url).map_err(StoreError::Internal)? {
+            Topology::Single(url) => {
+                let info = url.as_str().into_connection_info().map_err(error)?;
+                let settings = info.redis_settings().clone().set_protocol(protocol);
+                let info = info.set_redis_settings(settings);
+                let client = match certificates {
+                    None => Client::open(info).map_err(error)?,
+                    Some(certificates) => {
+                        Client::build_with_tls(info, certificates).map_err(error)?
+                    }
+                };
+                let mut config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(options.response_timeout))
+                    .set_connection_timeout(Some(options.response_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                if let Some(pushes) = pushes {
+                    config = config
+                        .set_push_sender(pushes)
+                        .set_automatic_resubscription();
+                }
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map(Self::Single)
+                    .map_err(error)
+            }
+            Topology::Cluster(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes)
+                    .use_protocol(protocol)
+                    .connection_timeout(options.response_timeout)
+                    .response_timeout(options.response_timeout)
+                    // Redirects and a failover's "try again" are retried quickly, within
+                    // the command timeout (the crate's default waits 1.28 s or more).
+                    .min_retry_wait(25)
+                    .max_retry_wait(500)
+                    .retries(16);
+                if let Some(certificates) = certificates {
+                    builder = builder.certs(certificates);
+                }
+                if let Some(pushes) = pushes {
+                    builder = builder.push_sender(pushes);
+                }
+                let client = builder.build().map_err(error)?;
+                Ok(Self::Cluster(
+                    client.get_pending_async_connection_with_config(
+                        redis::cluster::ClusterConfig::new()
+                            .set_connection_timeout(options.response_timeout)
+                            .set_response_timeout(options.response_timeout),
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// True on a Redis Cluster: multi-key steps must stay within one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// The command that publishes a wake-up: `PUBLISH`, or `SPUBLISH` on a cluster.
+    /// Scripts take it as an argument, so one script serves both.
+    pub fn publish_command(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "PUBLISH",
+            Self::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// Whether a push is a published message of the kind [`Self::subscribe`] asks
+    /// for (`message`, or `smessage` on a cluster).
+    pub fn is_message(&self, kind: &PushKind) -> bool {
+        match self {
+            Self::Single(_) => *kind == PushKind::Message,
+            Self::Cluster(_) => *kind == PushKind::SMessage,
+        }
+    }
+
+    /// Whether a push says a channel was unsubscribed (by us, or — on a cluster —
+    /// by the server, when the channel's slot moved to another node).
+    pub fn is_unsubscribe(&self, kind: &PushKind) -> bool {
+        matches!(kind, PushKind::Unsubscribe | PushKind::SUnsubscribe)
+    }
+
+    /// Subscribes to channels: one `SUBSCRIBE`, or one `SSUBSCRIBE` per channel on a
+    /// cluster (a shard subscription names channels of one slot), sent concurrently.
+    /// Returns one result per channel: on a cluster, channels on a node that is down
+    /// fail while the others succeed.
+    pub async fn subscribe(&mut self, channels: &[String]) -> Vec<RedisResult<()>> {
+        match self {
+            Self::Single(conn) => {
+                let result = conn.subscribe(channels).await;
+                vec![result; channels.len()]
+            }
+            Self::Cluster(conn) => {
+                let calls = channels.iter().map(|channel| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(channel).await }
+                });
+                futures_util::future::join_all(calls).await
+            }
+        }
+    }
+
+    /// Unsubscribes channels, the counterpart of [`Self::subscribe`].
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Self::Single(conn) => conn.unsubscribe(channels).await,
+            Self::Cluster(conn) => {
+                let calls = channels.iter().map(|channel| {
+                    let mut conn = conn.clone();
+                    async move { conn.sunsubscribe(channel).await }
+                });
+                futures_util::future::try_join_all(calls).await.map(drop)
+            }
+        }
+    }
+}
+
+impl ConnectionLike for RedisBackend {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_node_urls_stay_as_they_are() {
+        assert_eq!(
+            Topology::parse("redis://127.0.0.1:6379"),
+            Ok(Topology::Single("redis://127.0.0.1:6379".into()))
+        );
+        assert_eq!(
+            Topology::parse("rediss://u:p@h:1/2"),
+            Ok(Topology::Single("rediss://u:p@h:1/2".into()))
+        );
+        assert!(Topology::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn cluster_urls_list_their_seed_nodes_with_the_credentials() {
+        assert_eq!(
+            Topology::parse("redis+cluster://a:7000,b:7001/"),
+            Ok(Topology::Cluster(vec![
+                "redis://a:7000".into(),
+                "redis://b:7001".into()
+            ]))
+        );
+        assert_eq!(
+            Topology::parse("rediss+cluster://user:p%40ss@10.0.0.1:7000"),
+            Ok(Topology::Cluster(vec![
+                "rediss://user:p%40ss@10.0.0.1:7000".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn malformed_cluster_urls_are_refused_without_the_password() {
+        for url in [
+            "redis+cluster://u:secret@a:7000,b",
+            "redis+cluster://u:secret@a:7000,,b:1",
+            "redis+cluster://u:secret@a:7000/3",
+            "redis+cluster://u:secret@a:7000?protocol=resp3",
+            "redis+cluster://",
+        ] {
+            let error = Topology::parse(url).expect_err(url);
+            assert!(!error.contains("secret"), "{error}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The send strategy on a Redis Cluster, where one batch's keys live on many slots
+//! and no script may span them. The batch is written in steps that each touch one
+//! slot:
+//!
+//! 1. `INCRBY message:last_id N` allocates the ids, then `send_reserve.lua` in the
+//!    sender's slot checks the dedup record `dedup:{user:<sender>}:<time_key>` (a
+//!    batch already written ends here) and reserves the ids in
+//!    `dedup:{user:<sender>}:<time_key>:ids` — or returns those an unfinished earlier
+//!    attempt reserved, so a retry writes the same ids;
+//! 2. `send_slot.lua` once per slot of the recipients, all issued together (the
+//!    client pipelines them per node): each recipient's stream entries, legacy items,
+//!    marker `dedup:{user:<recipient>}:from:<sender>:<time_key>` and wake-up
+//!    (`SPUBLISH`), atomically; a recipient whose marker exists is skipped;
+//! 3. once every slot succeeded, `send_commit.lua` writes the dedup record and drops
+//!    the reservation, atomically in the sender's slot.
+//!
+//! Each recipient is thus written in one atomic step, and the dedup record exists
+//! only when all were. A failure in step 2 (a node down, a failover) answers
+//! `unavailable` with some recipients possibly written; retrying the same
+//! `time_key` completes the others, with the same ids, and writes nothing twice.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use redis::cluster_routing::Slot;
+use redis::{Script, Value};
+
+use super::reply::value_text;
+use super::send::{FanOut, SendError, SendOutcome, SendPolicy, SendRequest, duplicate};
+use super::{Store, StoreError, keys};
+
+static RESERVE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("send_reserve.lua")));
+static SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("send_slot.lua")));
+static COMMIT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("send_commit.lua")));
+
+impl Store {
+    /// Writes a validated batch one slot at a time (see the module docs).
+    pub(super) async fn send_sharded(
+        &self,
+        request: &SendRequest,
+        policy: SendPolicy,
+        fan_out: &FanOut,
+    ) -> Result<SendOutcome, SendError> {
+        let count = request.messages.len() as u64;
+        let dedup = keys::dedup(request.sender, &request.time_key);
+        let last: u64 = redis::cmd("INCRBY")
+            .arg(keys::LAST_MESSAGE_ID)
+            .arg(count)
+            .query_async(&mut self.conn("send"))
+            .await
+            .map_err(|e| self.error(e))?;
+        let (fresh, first): (i64, Value) = RESERVE_SCRIPT
+            .key(&dedup)
+            .key(keys::dedup_ids(request.sender, &request.time_key))
+            .arg(last + 1 - count)
+            .arg(count)
+            .arg(policy.dedup_window_s)
+            .invoke_async(&mut self.conn("send"))
+            .await
+            .map_err(|e| self.error(e))?;
+        if fresh == 0 {
+            return Ok(duplicate(first)?);
+        }
+        let first: u64 = value_text(first)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| StoreError::Internal("unreadable id reservation".into()))?;
+
+        let mut slots: HashMap<Slot, Vec<usize>> = HashMap::new();
+        for (index, &user) in fan_out.recipients.iter().enumerate() {
+            slots
+                .entry(Slot::for_key(keys::inbox(user)))
+                .or_default()
+                .push(index);
+        }
+        let writes = slots
+            .values()
+            .map(|members| self.write_slot(request, policy, fan_out, members, first));
+        // Every slot's write runs to its end, so a failure leaves as little as possible
+        // for the retry; then the first error, if any, is the answer.
+        for result in futures_util::future::join_all(writes).await {
+            result?;
+        }
+
+        COMMIT_SCRIPT
+            .key(&dedup)
+            .key(keys::dedup_ids(request.sender, &request.time_key))
+            .arg(format!("{first}:{count}"))
+            .arg(policy.dedup_window_s)
+            .invoke_async::<()>(&mut self.conn("send"))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(SendOutcome::Written { first_id: first })
+    }
+
+    /// Step 2 for the recipients `members` (indexes into `fan_out.recipients`), which
+    /// share one slot.
+    async fn write_slot(
+        &self,
+        request: &SendRequest,
+        policy: SendPolicy,
+        fan_out: &FanOut,
+        members: &[usize],
+        first: u64,
+    ) -> Result<(), StoreError> {
+        let mut invocation = SLOT_SCRIPT.prepare_invoke();
+        for &member in members {
+            let user = fan_out.recipients[member];
+            invocation
+                .key(keys::inbox(user))
+                .key(keys::legacy_list(user))
+                .key(keys::delivered_marker(
+                    user,
+                    request.sender,
+                    &request.time_key,
+                ));
+        }
+        // Per message of the batch, the local numbers (1..) of its recipients here.
+        let local: Vec<(usize, Vec<usize>)> = fan_out
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(index, targets)| {
+                let numbers: Vec<usize> = targets
+                    .iter()
+                    .filter_map(|t| members.iter().position(|m| m == t).map(|p| p + 1))
+                    .collect();
+                (!numbers.is_empty()).then_some((index, numbers))
+            })
+            .collect();
+        invocation
+            .arg(policy.dedup_window_s)
+            .arg(policy.stream_maxlen)
+            .arg(request.messages.len())
+            .arg(request.sender)
+            .arg(first)
+            .arg(self.conn.publish_command())
+            .arg(members.len())
+            .arg(local.len());
+        for &member in members {
+            invocation.arg(fan_out.recipients[member]);
+        }
+        for (index, numbers) in local {
+            let message = &request.messages[index];
+            invocation
+                .arg(index)
+                .arg(message.chat_id)
+                .arg(&message.content_text)
+                .arg(&fan_out.legacy[index])
+                .arg(message.traceparent.as_deref().unwrap_or(""))
+                .arg(numbers.len());
+            for number in numbers {
+                invocation.arg(number);
+            }
+        }
+        invocation
+            .invoke_async::<u64>(&mut self.conn("send"))
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+}
