@@ -98,10 +98,14 @@ async fn run(plan: Plan) -> Result<Report, String> {
     let args = &plan.args;
     let (fd_soft, fd_hard) = probes::raise_fd_limit();
     let n = args.connections;
-    if (n as u64) + 64 > fd_soft {
+    // Keep fds for /proc reads, Redis and the runtime: a process at its fd limit cannot
+    // even read its peer's /proc files.
+    let fd_budget = fd_soft.saturating_sub(FD_RESERVE) as usize;
+    let attempt = n.min(fd_budget);
+    if attempt < n {
         eprintln!(
             "loadgen: warning: {n} connections need more than this process's fd limit \
-             ({fd_soft}, hard {fd_hard}); connections beyond it will fail"
+             ({fd_soft}, hard {fd_hard}, {FD_RESERVE} kept for itself); opening {attempt}"
         );
     }
     let courier_fd_limit = args.courier_pid.and_then(|pid| probes::fd_limit(Some(pid)));
@@ -164,7 +168,7 @@ async fn run(plan: Plan) -> Result<Report, String> {
     );
     let connect_started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, sender) in sender_of.into_iter().enumerate() {
+    for (index, sender) in sender_of.into_iter().enumerate().take(attempt) {
         let user = id_base + index as u64;
         let claims = Claims {
             id: user,
@@ -186,7 +190,7 @@ async fn run(plan: Plan) -> Result<Report, String> {
         }
     }
     let mut last_report = Instant::now();
-    while ctx.connect.done() < n {
+    while ctx.connect.done() < attempt {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if last_report.elapsed() >= Duration::from_secs(2) {
             last_report = Instant::now();
@@ -221,6 +225,7 @@ async fn run(plan: Plan) -> Result<Report, String> {
     }))
     .await;
     let connected_courier = courier_sample(args.courier_pid);
+    let courier_fds_open = args.courier_pid.and_then(probes::fds_open);
     let connected_redis = probes::redis_sample(&mut redis).await;
 
     let mut rss_max = connected_courier.map(|s| s.rss_kib).unwrap_or_default();
@@ -321,6 +326,7 @@ async fn run(plan: Plan) -> Result<Report, String> {
         .unwrap_or_default();
     Ok(Report::build(report::Inputs {
         plan: &plan,
+        fd_capped: n - attempt,
         senders,
         tracker: &tracker,
         reconciled,
@@ -340,11 +346,15 @@ async fn run(plan: Plan) -> Result<Report, String> {
         baseline_redis,
         connected_redis,
         end_redis,
+        courier_fds_open,
         courier_fd_limit: args.courier_pid.and_then(|pid| probes::fd_limit(Some(pid))),
         fd_soft,
         fd_hard,
     }))
 }
+
+/// File descriptors loadgen keeps for itself beyond its connections.
+const FD_RESERVE: u64 = 64;
 
 /// A point of the measurement: when, courier, Redis, loadgen itself.
 pub type Point = (

@@ -59,6 +59,11 @@ pub fn fd_limit(pid: Option<u32>) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// File descriptors a process has open (`/proc/PID/fd` entries).
+pub fn fds_open(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit; returns (soft, hard).
 pub fn raise_fd_limit() -> (u64, u64) {
     let mut limit = libc::rlimit {

@@ -13,6 +13,8 @@ use crate::tracker::{Percentiles, Reconciled, Tracker};
 /// Everything [`Report::build`] needs.
 pub struct Inputs<'a> {
     pub plan: &'a Plan,
+    /// Connections not attempted because loadgen's own fd limit is too low.
+    pub fd_capped: usize,
     pub senders: usize,
     pub tracker: &'a Tracker,
     pub reconciled: Reconciled,
@@ -32,6 +34,7 @@ pub struct Inputs<'a> {
     pub baseline_redis: Option<RedisSample>,
     pub connected_redis: Option<RedisSample>,
     pub end_redis: Option<RedisSample>,
+    pub courier_fds_open: Option<u64>,
     pub courier_fd_limit: Option<u64>,
     pub fd_soft: u64,
     pub fd_hard: u64,
@@ -70,6 +73,8 @@ pub struct CourierStats {
     pub rss_per_conn_bytes: f64,
     /// Percent of one core over the measured window.
     pub cpu_pct: f64,
+    /// File descriptors open with the connections open.
+    pub fds_open: Option<u64>,
     pub fd_limit: Option<u64>,
 }
 
@@ -104,6 +109,8 @@ pub struct Report {
     pub connections_open: usize,
     pub connect_failures: usize,
     pub connect_skipped: usize,
+    /// Not attempted: beyond loadgen's own fd limit.
+    pub connect_fd_capped: usize,
     pub connect_error: Option<String>,
     pub connect_s: f64,
     pub senders: usize,
@@ -189,6 +196,7 @@ impl Report {
                     0.0
                 },
                 cpu_pct: round(pct(courier0, courier1, secs), 1),
+                fds_open: i.courier_fds_open,
                 fd_limit: i.courier_fd_limit,
             }
         });
@@ -244,6 +252,7 @@ impl Report {
             connections_open: i.open,
             connect_failures: i.failed,
             connect_skipped: i.skipped,
+            connect_fd_capped: i.fd_capped,
             connect_error: i.first_error,
             connect_s: round(i.connect_s, 2),
             senders: i.senders,
@@ -302,11 +311,12 @@ impl Report {
     pub fn print(&self) {
         println!("== loadgen: {} ({})", self.scenario, self.mode);
         println!(
-            "connections   {} open of {} ({} failed, {} skipped) in {:.1} s{}",
+            "connections   {} open of {} ({} failed, {} skipped, {} beyond loadgen's fd limit) in {:.1} s{}",
             self.connections_open,
             self.connections_requested,
             self.connect_failures,
             self.connect_skipped,
+            self.connect_fd_capped,
             self.connect_s,
             self.connect_error
                 .as_ref()
@@ -369,12 +379,13 @@ impl Report {
         }
         if let Some(c) = &self.courier {
             println!(
-                "courier       RSS {} KiB before, {} KiB connected ({:.0} B/connection), {} KiB max; CPU {:.1}%; fd limit {}",
+                "courier       RSS {} KiB before, {} KiB connected ({:.0} B/connection), {} KiB max; CPU {:.1}%; {} fds open of {}",
                 c.rss_kib_baseline,
                 c.rss_kib_connected,
                 c.rss_per_conn_bytes,
                 c.rss_kib_max,
                 c.cpu_pct,
+                c.fds_open.map(|l| l.to_string()).unwrap_or("?".into()),
                 c.fd_limit.map(|l| l.to_string()).unwrap_or("?".into())
             );
         }
