@@ -73,6 +73,9 @@ pub struct CourierStats {
     pub rss_per_conn_bytes: f64,
     /// Percent of one core over the measured window.
     pub cpu_pct: f64,
+    /// courier CPU microseconds per delivered message over the window (less sensitive
+    /// to a noisy machine than msgs/s).
+    pub cpu_us_per_delivered: Option<f64>,
     /// File descriptors open with the connections open.
     pub fds_open: Option<u64>,
     pub fd_limit: Option<u64>,
@@ -196,6 +199,13 @@ impl Report {
                     0.0
                 },
                 cpu_pct: round(pct(courier0, courier1, secs), 1),
+                cpu_us_per_delivered: match (courier0, courier1) {
+                    (Some(a), Some(b)) if window_deliveries > 0 => Some(round(
+                        (b.cpu_s - a.cpu_s) * 1e6 / window_deliveries as f64,
+                        3,
+                    )),
+                    _ => None,
+                },
                 fds_open: i.courier_fds_open,
                 fd_limit: i.courier_fd_limit,
             }
@@ -230,7 +240,7 @@ impl Report {
             .plan
             .baseline
             .iter()
-            .filter(|(_, rps, entries)| rps * entries > 0.0)
+            .filter(|(_, rps, entries)| rps * entries > 0.0 && delivered_per_s > 0.0)
             .map(|(name, rps, entries)| {
                 (
                     format!("delivered_per_{name}"),
@@ -379,12 +389,15 @@ impl Report {
         }
         if let Some(c) = &self.courier {
             println!(
-                "courier       RSS {} KiB before, {} KiB connected ({:.0} B/connection), {} KiB max; CPU {:.1}%; {} fds open of {}",
+                "courier       RSS {} KiB before, {} KiB connected ({:.0} B/connection), {} KiB max; CPU {:.1}%{}; {} fds open of {}",
                 c.rss_kib_baseline,
                 c.rss_kib_connected,
                 c.rss_per_conn_bytes,
                 c.rss_kib_max,
                 c.cpu_pct,
+                c.cpu_us_per_delivered
+                    .map(|us| format!(" ({us:.2} µs per delivered msg)"))
+                    .unwrap_or_default(),
                 c.fds_open.map(|l| l.to_string()).unwrap_or("?".into()),
                 c.fd_limit.map(|l| l.to_string()).unwrap_or("?".into())
             );
