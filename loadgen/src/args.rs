@@ -1,0 +1,299 @@
+//! Command-line settings of one load run, and their checks (loopback only, bounded).
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// One bounded load run against one courier instance on loopback.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Load generator for courier: opens N WebSocket connections on loopback, \
+             creates chats in Redis, sends, acks everything, and reports loss, \
+             duplicates, throughput, latency, courier RSS/CPU and Redis CPU/connections"
+)]
+pub struct Args {
+    /// courier's WebSocket URL, on loopback (`ws://127.0.0.1:PORT/ws`).
+    #[arg(long)]
+    pub url: String,
+
+    /// Redis URL, on loopback: chats are created there and Redis CPU/connections are read.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+
+    /// HS256 secret courier was started with.
+    #[arg(long, env = "COURIER_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+
+    /// WebSocket connections to open (one user each).
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+
+    /// Recipients per message: each sender's chat has the sender plus this many members.
+    #[arg(long, default_value_t = 10)]
+    pub fanout: usize,
+
+    /// Connections that send (spread evenly over all connections). Defaults to
+    /// min(connections, 100).
+    #[arg(long)]
+    pub senders: Option<usize>,
+
+    /// Total sent messages per second over all senders (open loop).
+    #[arg(long, conflicts_with = "max")]
+    pub rate: Option<f64>,
+
+    /// Send as fast as possible, with at most `--window` unacked sent batches per sender.
+    #[arg(long)]
+    pub max: bool,
+
+    /// Unacked sent batches per sender (the bound of `--max`; in `--rate` mode a sender
+    /// with this many unacked skips its slot and counts a stall).
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+
+    /// Messages per sent batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+
+    /// Bytes of each `content_text` (the timestamp header, padded).
+    #[arg(long, default_value_t = 64)]
+    pub text_bytes: usize,
+
+    /// Measured seconds (after the warm-up); in `--idle` mode, how long the
+    /// connections are held once open.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Seconds of sending before the measurement starts.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+
+    /// Most seconds to wait after sending stops for acked messages to be delivered.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+
+    /// Only open the connections and hold them (memory test): no chats, no sending.
+    #[arg(long)]
+    pub idle: bool,
+
+    /// courier's process id: its RSS (VmRSS) and CPU (utime+stime) are sampled.
+    #[arg(long)]
+    pub courier_pid: Option<u32>,
+
+    /// Client sockets are bound to 127.0.0.1 .. 127.0.0.<N> in turn (each source
+    /// address has its own ephemeral ports).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub source_ips: u8,
+
+    /// WebSocket handshakes in progress at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Seconds one connection attempt (TCP + handshake) may take.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+
+    /// Stop opening connections after this many failed attempts.
+    #[arg(long, default_value_t = 200)]
+    pub max_connect_failures: usize,
+
+    /// First user id (user i is id-base + i); defaults to a value derived from the
+    /// clock, so runs against the same Redis do not share users.
+    #[arg(long)]
+    pub id_base: Option<u64>,
+
+    /// Tokio worker threads (1: a single-threaded runtime, leaving more CPU to courier
+    /// and Redis on a small machine).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// The Redis limit measured by redis-benchmark in the same run, for ratios:
+    /// comma-separated `name=requests_per_s`. `xadd=R`: one stream entry per request;
+    /// `send<B>x<F>=R`: one send-script call writing B messages to F recipients (B×F
+    /// entries per request). Each becomes `delivered_per_s ÷ (R × entries)`.
+    #[arg(long, value_delimiter = ',')]
+    pub baseline: Vec<String>,
+
+    /// A label copied into the JSON summary.
+    #[arg(long, default_value = "custom")]
+    pub scenario: String,
+
+    /// Hard limit on the whole run, seconds; past it the process exits with code 3.
+    /// Defaults to warmup + duration + drain + 300.
+    #[arg(long)]
+    pub max_runtime: Option<f64>,
+}
+
+/// How senders pace themselves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// No sending (`--idle`).
+    Idle,
+    /// Total sent messages per second.
+    Rate(f64),
+    /// As fast as the window allows.
+    Max,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub args: Args,
+    pub pace: Pace,
+    pub server: SocketAddr,
+    pub senders: usize,
+    /// `(name, requests/s, stream entries written per request)`.
+    pub baseline: Vec<(String, f64, f64)>,
+}
+
+/// Parses one `--baseline` item.
+fn baseline_item(item: &str) -> Result<(String, f64, f64), String> {
+    let bad = || format!("--baseline {item:?}: expected xadd=<rps> or send<B>x<F>=<rps>");
+    let (name, rps) = item.split_once('=').ok_or_else(bad)?;
+    let rps: f64 = rps.trim().parse().map_err(|_| bad())?;
+    let entries = if name == "xadd" {
+        1.0
+    } else {
+        let (b, f) = name
+            .strip_prefix("send")
+            .and_then(|shape| shape.split_once('x'))
+            .ok_or_else(bad)?;
+        let b: f64 = b.parse().map_err(|_| bad())?;
+        let f: f64 = f.parse().map_err(|_| bad())?;
+        b * f
+    };
+    Ok((name.to_string(), rps, entries))
+}
+
+impl Plan {
+    pub fn from_args(args: Args) -> Result<Self, String> {
+        let server = ws_addr(&args.url)?;
+        check_redis_loopback(&args.redis)?;
+        let pace = match (args.idle, args.rate, args.max) {
+            (true, None, false) => Pace::Idle,
+            (true, _, _) => return Err("--idle takes neither --rate nor --max".into()),
+            (false, Some(rate), false) if rate > 0.0 && rate <= 10_000_000.0 => Pace::Rate(rate),
+            (false, Some(_), _) => return Err("--rate must be in (0, 10_000_000]".into()),
+            (false, None, true) => Pace::Max,
+            (false, None, false) => return Err("give --rate <msgs/s>, --max or --idle".into()),
+        };
+        if !(1..=1_000_000).contains(&args.connections) {
+            return Err("--connections must be 1..=1000000".into());
+        }
+        let senders = args.senders.unwrap_or(args.connections.min(100));
+        if pace != Pace::Idle {
+            if args.fanout == 0 || args.fanout >= args.connections {
+                return Err("--fanout must be at least 1 and below --connections".into());
+            }
+            if !(1..=args.connections).contains(&senders) {
+                return Err("--senders must be 1..=connections".into());
+            }
+            if !(1..=10_000).contains(&args.batch) || args.window == 0 {
+                return Err("--batch must be 1..=10000 and --window at least 1".into());
+            }
+            if args.text_bytes > 1_000_000 {
+                return Err("--text-bytes must be at most 1000000".into());
+            }
+        }
+        let durations = [args.duration, args.warmup, args.drain, args.connect_timeout];
+        if durations.iter().any(|d| !(0.0..=3600.0).contains(d)) {
+            return Err("durations must be within 0..=3600 s".into());
+        }
+        if args.threads == 0 || args.connect_concurrency == 0 {
+            return Err("--threads and --connect-concurrency must be at least 1".into());
+        }
+        let baseline = args
+            .baseline
+            .iter()
+            .filter(|item| !item.trim().is_empty())
+            .map(|item| baseline_item(item.trim()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            args,
+            pace,
+            server,
+            senders,
+            baseline,
+        })
+    }
+
+    pub fn max_runtime(&self) -> Duration {
+        let a = &self.args;
+        Duration::from_secs_f64(
+            a.max_runtime
+                .unwrap_or(a.warmup + a.duration + a.drain + 300.0)
+                .clamp(1.0, 4.0 * 3600.0),
+        )
+    }
+}
+
+/// The socket address of a `ws://` URL, which must be on loopback.
+fn ws_addr(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("--url must start with ws:// (loopback only, no TLS)")?;
+    let hostport = rest.split('/').next().unwrap_or_default();
+    loopback_addr(hostport, 80).map_err(|e| format!("--url: {e}"))
+}
+
+fn check_redis_loopback(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or("--redis must start with redis://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hostport = authority.rsplit('@').next().unwrap_or_default();
+    loopback_addr(hostport, 6379)
+        .map(|_| ())
+        .map_err(|e| format!("--redis: {e}"))
+}
+
+fn loopback_addr(hostport: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let with_port = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !hostport.ends_with(']')
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:{default_port}")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("{hostport} has no IPv4 address"))?;
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Ok(addr),
+        _ => Err(format!("{hostport} is not a loopback address")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(ws_addr("ws://127.0.0.1:8080/ws").is_ok());
+        assert!(ws_addr("ws://localhost:8080/ws").is_ok());
+        assert!(ws_addr("ws://10.0.0.1:8080/ws").is_err());
+        assert!(ws_addr("wss://127.0.0.1:8080/ws").is_err());
+        assert!(check_redis_loopback("redis://127.0.0.1:7000").is_ok());
+        assert!(check_redis_loopback("redis://u:p@127.0.0.1:7000/0").is_ok());
+        assert!(check_redis_loopback("redis://192.168.1.2:7000").is_err());
+    }
+
+    #[test]
+    fn baseline_items() {
+        assert_eq!(
+            baseline_item("xadd=1000.5"),
+            Ok(("xadd".into(), 1000.5, 1.0))
+        );
+        assert_eq!(
+            baseline_item("send10x10=20"),
+            Ok(("send10x10".into(), 20.0, 100.0))
+        );
+        assert!(baseline_item("send10=20").is_err());
+    }
+}
