@@ -311,7 +311,7 @@ async fn upgrade(state: Arc<AppState>, mut request: Request<Incoming>) -> HttpRe
             }
         };
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(state.config.max_frame_bytes as usize))
         .max_frame_size(Some(state.config.max_frame_bytes as usize));

@@ -250,6 +250,9 @@ impl Session {
                     return ending;
                 }
             }
+            // Biased, cheapest and most urgent first: wake-ups and timers only set
+            // flags, so they cannot starve client frames, while a client that sends
+            // without pause cannot starve its own deliveries.
             let result = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -257,22 +260,6 @@ impl Session {
                 }
                 _ = sleep_until(expiry) => {
                     return Ending::Close(CloseCode::TokenExpired, "token expired");
-                }
-                frame = stream.next() => {
-                    self.last_seen = Instant::now();
-                    match frame {
-                        None => return Ending::Dropped("socket closed"),
-                        Some(Err(tungstenite::Error::Capacity(_))) => {
-                            return Ending::Close(CloseCode::TooBig, "frame too big");
-                        }
-                        Some(Err(tungstenite::Error::Utf8(_))) => {
-                            return Ending::Close(CloseCode::InvalidPayload, "text frame is not UTF-8");
-                        }
-                        Some(Err(_)) => return Ending::Dropped("socket error"),
-                        Some(Ok(Message::Close(_))) => return Ending::PeerClosed,
-                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                        Some(Ok(message)) => self.on_message(message).await,
-                    }
                 }
                 _ = self.outbox.closed() => {
                     return Ending::Dropped("socket write stalled or failed");
@@ -291,6 +278,22 @@ impl Session {
                         self.reclaim().await
                     } else {
                         Ok(())
+                    }
+                }
+                frame = stream.next() => {
+                    self.last_seen = Instant::now();
+                    match frame {
+                        None => return Ending::Dropped("socket closed"),
+                        Some(Err(tungstenite::Error::Capacity(_))) => {
+                            return Ending::Close(CloseCode::TooBig, "frame too big");
+                        }
+                        Some(Err(tungstenite::Error::Utf8(_))) => {
+                            return Ending::Close(CloseCode::InvalidPayload, "text frame is not UTF-8");
+                        }
+                        Some(Err(_)) => return Ending::Dropped("socket error"),
+                        Some(Ok(Message::Close(_))) => return Ending::PeerClosed,
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                        Some(Ok(message)) => self.on_message(message).await,
                     }
                 }
                 _ = ping.tick() => {
