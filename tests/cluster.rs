@@ -22,13 +22,20 @@ fn courier_on(cluster: &RedisCluster, env: &[(&str, &str)]) -> Courier {
     Courier::start(&cluster.url(), &settings)
 }
 
-#[tokio::test]
-async fn fan_out_across_slots_gets_one_global_id_and_a_wake_up_on_every_node() {
+/// A cluster, a courier on it, and chat 10 of `count` users whose keys live on
+/// pairwise different primaries.
+fn setup(count: usize) -> (RedisCluster, Courier, Vec<u64>) {
     let cluster = RedisCluster::start();
     let courier = courier_on(&cluster, &[]);
-    let users = cluster.users_on_distinct_primaries(1, 3);
-    let (alice, bob, carol) = (users[0], users[1], users[2]);
+    let users = cluster.users_on_distinct_primaries(1, count);
     cluster.create_chat(10, &users);
+    (cluster, courier, users)
+}
+
+#[tokio::test]
+async fn fan_out_across_slots_gets_one_global_id_and_a_wake_up_on_every_node() {
+    let (cluster, courier, users) = setup(3);
+    let (alice, bob, carol) = (users[0], users[1], users[2]);
     let mut to_bob = courier.connect(bob).await;
     let mut to_carol = courier.connect(carol).await;
     let mut from_alice = courier.connect(alice).await;
@@ -69,11 +76,8 @@ async fn fan_out_across_slots_gets_one_global_id_and_a_wake_up_on_every_node() {
 
 #[tokio::test]
 async fn offline_messages_are_delivered_on_connect_and_acked_ones_never_again() {
-    let cluster = RedisCluster::start();
-    let courier = courier_on(&cluster, &[]);
-    let users = cluster.users_on_distinct_primaries(1, 2);
+    let (cluster, courier, users) = setup(2);
     let (alice, bob) = (users[0], users[1]);
-    cluster.create_chat(10, &users);
     let mut from_alice = courier.connect(alice).await;
     from_alice
         .send_acked(1, alice, &[(10, "while you were away")])
@@ -98,11 +102,8 @@ async fn offline_messages_are_delivered_on_connect_and_acked_ones_never_again() 
 
 #[tokio::test]
 async fn unacked_entries_come_back_after_reconnect_with_the_same_ids_on_each_device() {
-    let cluster = RedisCluster::start();
-    let courier = courier_on(&cluster, &[]);
-    let users = cluster.users_on_distinct_primaries(1, 2);
+    let (cluster, courier, users) = setup(2);
     let (alice, bob) = (users[0], users[1]);
-    cluster.create_chat(10, &users);
     let mut from_alice = courier.connect(alice).await;
     let mut phone = courier.connect_device(bob, "phone").await;
     let mut laptop = courier.connect_device(bob, "laptop").await;
@@ -442,29 +443,43 @@ async fn receive_all(client: &mut WsClient, expected: &[String]) -> BTreeMap<Str
     seen
 }
 
-/// Asserts that a user's inbox holds every acked text exactly once.
-fn assert_each_once(cluster: &RedisCluster, user: u64, acked: &[String]) {
-    let stored = cluster.inbox_field(user, "content_text");
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for text in &stored {
-        *counts.entry(text.as_str()).or_default() += 1;
+/// After traffic from `sender` to chat 10 (of `sender` and the two recipients):
+/// each recipient's connection receives every acked text, with the same id at both;
+/// each inbox holds each acked text exactly once; and a new send still wakes both.
+async fn assert_every_acked_send_arrived_once(
+    cluster: &RedisCluster,
+    courier: &Courier,
+    sender: u64,
+    mut recipients: [(u64, &mut WsClient); 2],
+    acked: &[String],
+) {
+    let mut delivered = Vec::new();
+    for (user, client) in recipients.iter_mut() {
+        delivered.push(receive_all(client, acked).await);
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for text in cluster.inbox_field(*user, "content_text") {
+            *counts.entry(text).or_default() += 1;
+        }
+        for text in acked {
+            assert_eq!(counts.get(text), Some(&1), "{text} in user {user}'s inbox");
+        }
     }
-    for text in acked {
-        assert_eq!(
-            counts.get(text.as_str()).copied(),
-            Some(1),
-            "{text} in user {user}'s inbox"
-        );
+    assert_eq!(
+        delivered[0], delivered[1],
+        "one id per message at every recipient"
+    );
+
+    let mut from_sender = courier.connect(sender).await;
+    from_sender.send_acked(-1, sender, &[(10, "after")]).await;
+    for (_, client) in recipients {
+        receive_all(client, &["after".to_string()]).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migration_under_traffic_loses_no_acked_send() {
-    let cluster = RedisCluster::start();
-    let courier = courier_on(&cluster, &[]);
-    let users = cluster.users_on_distinct_primaries(1, 3);
+    let (cluster, courier, users) = setup(3);
     let (alice, bob, carol) = (users[0], users[1], users[2]);
-    cluster.create_chat(10, &users);
     let mut to_bob = courier.connect(bob).await;
     let mut to_carol = courier.connect(carol).await;
 
@@ -493,17 +508,15 @@ async fn a_slot_migration_under_traffic_loses_no_acked_send() {
         wait_for_acks(&sender, 10, "sends to resume after the migration").await;
     }
     let acked = finish(sender, &courier).await;
-
-    let at_bob = receive_all(&mut to_bob, &acked).await;
-    let at_carol = receive_all(&mut to_carol, &acked).await;
-    assert_eq!(at_bob, at_carol, "one id per message at every recipient");
-    assert_each_once(&cluster, bob, &acked);
-    assert_each_once(&cluster, carol, &acked);
-
     // Bob's wake-ups now come from his slot's new node.
-    let mut from_alice = courier.connect(alice).await;
-    from_alice.send_acked(-1, alice, &[(10, "after")]).await;
-    assert_eq!(texts(&to_bob.recv_batch().await.messages), ["after"]);
+    assert_every_acked_send_arrived_once(
+        &cluster,
+        &courier,
+        alice,
+        [(bob, &mut to_bob), (carol, &mut to_carol)],
+        &acked,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,19 +543,17 @@ async fn a_primary_failover_under_traffic_loses_no_acked_send() {
         }
     });
     eprintln!("replica promoted {:?} after the kill", started.elapsed());
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_for_acks(&sender, 20, "sends to resume after the failover").await;
     let acked = finish(sender, &courier).await;
     assert_eq!(cluster.primary_of_user(bob), bobs_replica);
-
-    let at_bob = receive_all(&mut to_bob, &acked).await;
-    let at_carol = receive_all(&mut to_carol, &acked).await;
-    assert_eq!(at_bob, at_carol, "one id per message at every recipient");
-    assert_each_once(&cluster, bob, &acked);
-    assert_each_once(&cluster, carol, &acked);
-
-    let mut from_alice = courier.connect(alice).await;
-    from_alice.send_acked(-1, alice, &[(10, "after")]).await;
-    assert_eq!(texts(&to_bob.recv_batch().await.messages), ["after"]);
+    assert_every_acked_send_arrived_once(
+        &cluster,
+        &courier,
+        alice,
+        [(bob, &mut to_bob), (carol, &mut to_carol)],
+        &acked,
+    )
+    .await;
 }
 
 /// Sends batches of 10 messages from 16 connections for 4 s and returns the

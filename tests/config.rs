@@ -35,6 +35,18 @@ fn invalid_settings_stop_startup_with_exit_code_2() {
         &[secret, ("COURIER_REDIS_URL", "http://x")],
         "COURIER_REDIS_URL",
     );
+    assert_refused(
+        &[
+            secret,
+            ("COURIER_REDIS_URL", "redis+cluster://u:hunter2@a:7000,b"),
+        ],
+        "COURIER_REDIS_URL",
+    );
+    let (_, stderr) = run(&[
+        secret,
+        ("COURIER_REDIS_URL", "redis+cluster://u:hunter2@a:7000,b"),
+    ]);
+    assert!(!stderr.contains("hunter2"), "password masked: {stderr}");
     assert_refused(&[secret, ("COURIER_LISTEN", "nowhere")], "COURIER_LISTEN");
     assert_refused(
         &[secret, ("COURIER_DELIVER_TO_SENDER", "perhaps")],

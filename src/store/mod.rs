@@ -181,11 +181,6 @@ impl Store {
         StoreError::from_redis(&e, &self.url)
     }
 
-    /// True on a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.conn.is_cluster()
-    }
-
     /// `PING`: is Redis answering (every node, on a cluster)? Used by `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         redis::cmd("PING")

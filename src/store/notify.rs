@@ -12,8 +12,9 @@
 //! push): the user is subscribed again, now on the new owner, and woken.
 //!
 //! Subscribing and unsubscribing go through one task in request order, batched into
-//! single SUBSCRIBE/UNSUBSCRIBE commands, so a user leaving and another connection of
-//! the same user arriving cannot race into a lost subscription.
+//! single SUBSCRIBE/UNSUBSCRIBE commands (on a cluster, one shard command per channel,
+//! sent together), so a user leaving and another connection of the same user
+//! arriving cannot race into a lost subscription.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,7 +244,11 @@ impl NotifierTask {
                     Ok(()) => {
                         self.subscribed.insert(user);
                     }
-                    Err(e) => failure = Some(StoreError::from_redis(&e, &self.url).to_string()),
+                    Err(e) => {
+                        failure = Some(match StoreError::from_redis(&e, &self.url) {
+                            StoreError::Unavailable(cause) | StoreError::Internal(cause) => cause,
+                        })
+                    }
                 }
             }
             if let Some(cause) = &failure {

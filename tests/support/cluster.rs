@@ -106,11 +106,7 @@ impl ClusterNode {
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(1))
             .ok()?;
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query(&mut conn).ok()
+        super::command(args).query(&mut conn).ok()
     }
 
     /// Runs a command on this node (no redirection) and returns its reply.
@@ -119,11 +115,8 @@ impl ClusterNode {
             .client()
             .and_then(|c| c.get_connection())
             .unwrap_or_else(|e| panic!("connect to node {}: {e}", self.port));
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query(&mut conn)
+        super::command(args)
+            .query(&mut conn)
             .unwrap_or_else(|e| panic!("{args:?} on node {}: {e}", self.port))
     }
 
@@ -326,11 +319,8 @@ impl RedisCluster {
 
     /// Runs one keyed command through the cluster and returns its reply.
     pub fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query(&mut self.conn())
+        super::command(args)
+            .query(&mut self.conn())
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
@@ -353,18 +343,7 @@ impl RedisCluster {
 
     /// Number of entries pending in a user's device group.
     pub fn pending(&self, user: u64, device: &str) -> u64 {
-        let reply: Value = redis::cmd("XPENDING")
-            .arg(format!("inbox:{{user:{user}}}"))
-            .arg(device)
-            .query(&mut self.conn())
-            .expect("XPENDING");
-        match reply {
-            Value::Array(items) => match items.first() {
-                Some(Value::Int(n)) => *n as u64,
-                _ => 0,
-            },
-            _ => 0,
-        }
+        super::pending_in(&mut self.conn(), user, device)
     }
 
     /// The `id` fields of a user's inbox entries, in stream order.

@@ -122,11 +122,8 @@ impl RedisServer {
 
     /// Runs one command and returns its reply.
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query(&mut self.conn())
+        command(args)
+            .query(&mut self.conn())
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
@@ -151,18 +148,7 @@ impl RedisServer {
 
     /// Number of entries pending in a user's device group.
     pub fn pending(&self, user: u64, device: &str) -> u64 {
-        let reply: redis::Value = redis::cmd("XPENDING")
-            .arg(format!("inbox:{{user:{user}}}"))
-            .arg(device)
-            .query(&mut self.conn())
-            .expect("XPENDING");
-        match reply {
-            redis::Value::Array(items) => match items.first() {
-                Some(redis::Value::Int(n)) => *n as u64,
-                _ => 0,
-            },
-            _ => 0,
-        }
+        pending_in(&mut self.conn(), user, device)
     }
 
     /// Kills the server (SIGKILL) and reaps it.
@@ -209,6 +195,31 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A command from its words: `command(&["XLEN", "inbox:{user:2}"])`.
+pub fn command(args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd
+}
+
+/// Number of entries pending in a user's device group (`XPENDING` summary).
+pub fn pending_in(conn: &mut impl redis::ConnectionLike, user: u64, device: &str) -> u64 {
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(format!("inbox:{{user:{user}}}"))
+        .arg(device)
+        .query(conn)
+        .expect("XPENDING");
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
     }
 }
 
