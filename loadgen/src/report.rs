@@ -41,29 +41,6 @@ pub struct Inputs<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct LatencyMs {
-    pub count: u64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
-
-impl From<Percentiles> for LatencyMs {
-    fn from(p: Percentiles) -> Self {
-        Self {
-            count: p.count,
-            p50: p.p50,
-            p90: p.p90,
-            p99: p.p99,
-            p999: p.p999,
-            max: p.max,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
 pub struct CourierStats {
     pub rss_kib_baseline: u64,
     pub rss_kib_connected: u64,
@@ -149,8 +126,8 @@ pub struct Report {
     /// Messages delivered per second (recipient deliveries), over the measured window.
     pub delivered_per_s: f64,
     pub avg_delivery_batch: f64,
-    pub latency_ms: LatencyMs,
-    pub ack_latency_ms: LatencyMs,
+    pub latency_ms: Percentiles,
+    pub ack_latency_ms: Percentiles,
     pub courier: Option<CourierStats>,
     pub redis: Option<RedisStats>,
     pub loadgen: LoadgenStats,
@@ -303,8 +280,8 @@ impl Report {
             } else {
                 0.0
             },
-            latency_ms: i.reconciled.latency.into(),
-            ack_latency_ms: i.reconciled.ack_latency.into(),
+            latency_ms: i.reconciled.latency,
+            ack_latency_ms: i.reconciled.ack_latency,
             courier,
             redis,
             loadgen: LoadgenStats {

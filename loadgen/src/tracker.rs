@@ -120,8 +120,8 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, Default)]
+/// Latency percentiles in milliseconds (also the report's JSON shape).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50: f64,
