@@ -246,16 +246,8 @@ async fn run(plan: Plan) -> Result<Report, String> {
             own_sample(),
         );
         let until = Instant::now() + Duration::from_secs_f64(args.duration);
-        while Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(250).min(until - Instant::now())).await;
-            measure(&mut rss_max);
-        }
-        window_end = (
-            Instant::now(),
-            courier_sample(args.courier_pid),
-            probes::redis_sample(&mut redis).await,
-            own_sample(),
-        );
+        sample_until(until, &mut rss_max, &measure).await;
+        window_end = point(args.courier_pid, &mut redis).await;
     } else {
         let start = Instant::now() + Duration::from_millis(100);
         let warm_end = start + Duration::from_secs_f64(args.warmup);
@@ -267,27 +259,10 @@ async fn run(plan: Plan) -> Result<Report, String> {
             "loadgen: sending ({:?}) for {} s warm-up + {} s measured",
             plan.pace, args.warmup, args.duration
         );
-        while Instant::now() < warm_end {
-            tokio::time::sleep_until(warm_end.min(Instant::now() + Duration::from_millis(250)))
-                .await;
-            measure(&mut rss_max);
-        }
-        window_start = (
-            Instant::now(),
-            courier_sample(args.courier_pid),
-            probes::redis_sample(&mut redis).await,
-            own_sample(),
-        );
-        while Instant::now() < end {
-            tokio::time::sleep_until(end.min(Instant::now() + Duration::from_millis(250))).await;
-            measure(&mut rss_max);
-        }
-        window_end = (
-            Instant::now(),
-            courier_sample(args.courier_pid),
-            probes::redis_sample(&mut redis).await,
-            own_sample(),
-        );
+        sample_until(warm_end, &mut rss_max, &measure).await;
+        window_start = point(args.courier_pid, &mut redis).await;
+        sample_until(end, &mut rss_max, &measure).await;
+        window_end = point(args.courier_pid, &mut redis).await;
         let drain_started = Instant::now();
         let drain_until = drain_started + Duration::from_secs_f64(args.drain);
         loop {
@@ -363,6 +338,24 @@ pub type Point = (
     Option<RedisSample>,
     Option<ProcSample>,
 );
+
+/// A measurement point now: time, courier, Redis and loadgen itself.
+async fn point(courier_pid: Option<u32>, redis: &mut MultiplexedConnection) -> Point {
+    (
+        Instant::now(),
+        courier_sample(courier_pid),
+        probes::redis_sample(redis).await,
+        own_sample(),
+    )
+}
+
+/// Waits until `deadline`, sampling courier's RSS every 250 ms.
+async fn sample_until(deadline: Instant, rss_max: &mut u64, measure: &impl Fn(&mut u64)) {
+    while Instant::now() < deadline {
+        tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(250))).await;
+        measure(rss_max);
+    }
+}
 
 fn courier_sample(pid: Option<u32>) -> Option<ProcSample> {
     pid.and_then(|pid| probes::sample(Some(pid)))
