@@ -201,7 +201,7 @@ async fn huge_ids_and_oversized_headers_are_refused_before_the_upgrade() {
 }
 
 /// An ACL user `courier` with this password and every permission.
-fn add_acl_user(redis: &RedisServer, password: &str) {
+fn add_acl_user(redis: &RedisNode, password: &str) {
     let _: () = redis::cmd("ACL")
         .arg(&["SETUSER", "courier", "on", &format!(">{password}")])
         .arg(&["~*", "&*", "+@all"])
@@ -211,7 +211,8 @@ fn add_acl_user(redis: &RedisServer, password: &str) {
 
 #[tokio::test]
 async fn redis_acl_password_never_appears_in_logs_or_errors() {
-    let mut redis = RedisServer::start();
+    // One node: the URL is built from its port.
+    let mut redis = RedisNode::start();
     let password = "s3cret-Pa55word";
     add_acl_user(&redis, password);
     let url = format!("redis://courier:{password}@127.0.0.1:{}", redis.port);

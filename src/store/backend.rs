@@ -15,18 +15,20 @@
 //! The cluster client follows `MOVED`/`ASK` redirects, refreshes its slot map, and
 //! retries within the command timeout; scripts missing on a node (`NOSCRIPT`, e.g. a
 //! promoted replica) are loaded on every node and run again by `Script::invoke_async`.
+//! The command connection is replaced when it stops finding any node after a
+//! whole-cluster outage (`cluster_conn.rs`).
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
 use redis::{
     Client, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisError,
     RedisFuture, RedisResult, TlsCertificates, Value,
 };
 use tokio::sync::mpsc;
 
+use super::cluster_conn::HealingCluster;
 use super::{StoreError, StoreOptions};
 
 /// What `COURIER_REDIS_URL` points at.
@@ -105,7 +107,7 @@ pub enum RedisBackend {
     /// One server: an auto-reconnecting multiplexed connection.
     Single(ConnectionManager),
     /// A Redis Cluster: one multiplexed connection per node, routed by slot.
-    Cluster(ClusterConnection),
+    Cluster(HealingCluster),
 }
 
 impl RedisBackend {
@@ -166,17 +168,19 @@ impl RedisBackend {
                 if let Some(certificates) = certificates {
                     builder = builder.certs(certificates);
                 }
+                let replaceable = pushes.is_none();
                 if let Some(pushes) = pushes {
                     builder = builder.push_sender(pushes);
                 }
                 let client = builder.build().map_err(error)?;
-                Ok(Self::Cluster(
-                    client.get_pending_async_connection_with_config(
-                        redis::cluster::ClusterConfig::new()
-                            .set_connection_timeout(options.response_timeout)
-                            .set_response_timeout(options.response_timeout),
-                    ),
-                ))
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(options.response_timeout)
+                    .set_response_timeout(options.response_timeout);
+                Ok(Self::Cluster(HealingCluster::new(
+                    client,
+                    config,
+                    replaceable,
+                )))
             }
         }
     }
@@ -222,7 +226,7 @@ impl RedisBackend {
             }
             Self::Cluster(conn) => {
                 let calls = channels.iter().map(|channel| {
-                    let mut conn = conn.clone();
+                    let mut conn = conn.current();
                     async move { conn.ssubscribe(channel).await }
                 });
                 futures_util::future::join_all(calls).await
@@ -236,7 +240,7 @@ impl RedisBackend {
             Self::Single(conn) => conn.unsubscribe(channels).await,
             Self::Cluster(conn) => {
                 let calls = channels.iter().map(|channel| {
-                    let mut conn = conn.clone();
+                    let mut conn = conn.current();
                     async move { conn.sunsubscribe(channel).await }
                 });
                 futures_util::future::try_join_all(calls).await.map(drop)

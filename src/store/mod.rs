@@ -10,6 +10,7 @@
 //! every operation here runs on both.
 
 pub mod backend;
+mod cluster_conn;
 pub mod inbox;
 pub mod keys;
 pub mod notify;

@@ -2,11 +2,12 @@
 //! and no script may span them. The batch is written in steps that each touch one
 //! slot:
 //!
-//! 1. `INCRBY message:last_id N` allocates the ids, then `send_reserve.lua` in the
-//!    sender's slot checks the dedup record `dedup:{user:<sender>}:<time_key>` (a
-//!    batch already written ends here) and reserves the ids in
-//!    `dedup:{user:<sender>}:<time_key>:ids` — or returns those an unfinished earlier
-//!    attempt reserved, so a retry writes the same ids;
+//! 1. `send_reserve.lua` in the sender's slot checks the dedup record
+//!    `dedup:{user:<sender>}:<time_key>` (a batch already written ends here, having
+//!    allocated nothing) and the id reservation
+//!    `dedup:{user:<sender>}:<time_key>:ids` (an unfinished earlier attempt's ids are
+//!    reused, so a retry writes the same ids); a fresh batch then gets its ids from
+//!    `INCRBY message:last_id N` and reserves them with a second call;
 //! 2. `send_slot.lua` once per slot of the recipients, all issued together (the
 //!    client pipelines them per node): each recipient's stream entries, legacy items,
 //!    marker `dedup:{user:<recipient>}:from:<sender>:<time_key>` and wake-up
@@ -35,6 +36,16 @@ static SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!
 static COMMIT_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("send_commit.lua")));
 
+/// What step 1 found for a batch.
+enum Reservation {
+    /// Already written: the dedup record (`"<first_id>:<count>"`).
+    Written(Value),
+    /// The ids to write (reserved now or by an unfinished earlier attempt).
+    Ids(u64),
+    /// Not seen and nothing reserved: allocate ids, then reserve them.
+    Fresh,
+}
+
 impl Store {
     /// Writes a validated batch one slot at a time (see the module docs).
     pub(super) async fn send_sharded(
@@ -44,28 +55,28 @@ impl Store {
         fan_out: &FanOut,
     ) -> Result<SendOutcome, SendError> {
         let count = request.messages.len() as u64;
-        let dedup = keys::dedup(request.sender, &request.time_key);
-        let last: u64 = redis::cmd("INCRBY")
-            .arg(keys::LAST_MESSAGE_ID)
-            .arg(count)
-            .query_async(&mut self.conn("send"))
-            .await
-            .map_err(|e| self.error(e))?;
-        let (fresh, first): (i64, Value) = RESERVE_SCRIPT
-            .key(&dedup)
-            .key(keys::dedup_ids(request.sender, &request.time_key))
-            .arg(last + 1 - count)
-            .arg(count)
-            .arg(policy.dedup_window_s)
-            .invoke_async(&mut self.conn("send"))
-            .await
-            .map_err(|e| self.error(e))?;
-        if fresh == 0 {
-            return Ok(duplicate(first)?);
-        }
-        let first: u64 = value_text(first)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| StoreError::Internal("unreadable id reservation".into()))?;
+        let first = match self.reserve(request, policy, None).await? {
+            Reservation::Written(first) => return Ok(duplicate(first)?),
+            Reservation::Ids(first) => first,
+            Reservation::Fresh => {
+                let last: u64 = redis::cmd("INCRBY")
+                    .arg(keys::LAST_MESSAGE_ID)
+                    .arg(count)
+                    .query_async(&mut self.conn("send"))
+                    .await
+                    .map_err(|e| self.error(e))?;
+                match self
+                    .reserve(request, policy, Some(last + 1 - count))
+                    .await?
+                {
+                    Reservation::Written(first) => return Ok(duplicate(first)?),
+                    Reservation::Ids(first) => first,
+                    Reservation::Fresh => {
+                        return Err(StoreError::Internal("id reservation refused".into()).into());
+                    }
+                }
+            }
+        };
 
         let mut slots: HashMap<Slot, Vec<usize>> = HashMap::new();
         for (index, &user) in fan_out.recipients.iter().enumerate() {
@@ -84,7 +95,7 @@ impl Store {
         }
 
         COMMIT_SCRIPT
-            .key(&dedup)
+            .key(keys::dedup(request.sender, &request.time_key))
             .key(keys::dedup_ids(request.sender, &request.time_key))
             .arg(format!("{first}:{count}"))
             .arg(policy.dedup_window_s)
@@ -92,6 +103,35 @@ impl Store {
             .await
             .map_err(|e| self.error(e))?;
         Ok(SendOutcome::Written { first_id: first })
+    }
+
+    /// Step 1: the dedup check, and with `allocated` (the first of the ids just
+    /// allocated) the reservation of the batch's ids.
+    async fn reserve(
+        &self,
+        request: &SendRequest,
+        policy: SendPolicy,
+        allocated: Option<u64>,
+    ) -> Result<Reservation, StoreError> {
+        let (state, first): (i64, Value) = RESERVE_SCRIPT
+            .key(keys::dedup(request.sender, &request.time_key))
+            .key(keys::dedup_ids(request.sender, &request.time_key))
+            .arg(allocated.map(|id| id.to_string()).unwrap_or_default())
+            .arg(request.messages.len())
+            .arg(policy.dedup_window_s)
+            .invoke_async(&mut self.conn("send"))
+            .await
+            .map_err(|e| self.error(e))?;
+        let id = || {
+            value_text(first.clone())
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| StoreError::Internal("unreadable id reservation".into()))
+        };
+        match state {
+            0 => Ok(Reservation::Written(first)),
+            1 => Ok(Reservation::Ids(id()?)),
+            _ => Ok(Reservation::Fresh),
+        }
     }
 
     /// Step 2 for the recipients `members` (indexes into `fan_out.recipients`), which

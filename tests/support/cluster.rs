@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{ConnectionLike, FromRedisValue, Value};
 
-use super::{WAIT, free_port};
+use super::{WAIT, free_port, wait_until};
 
 /// One `redis-server` of the cluster.
 pub struct ClusterNode {
@@ -27,16 +27,19 @@ pub struct ClusterNode {
     /// The directory of the CA and server certificate when the cluster speaks TLS
     /// only (clients, cluster bus and replication).
     tls: Option<Arc<tempfile::TempDir>>,
+    /// Whether the node keeps its data across a restart (AOF, `appendfsync always`).
+    persistent: bool,
 }
 
 impl ClusterNode {
-    fn start(tls: Option<Arc<tempfile::TempDir>>) -> Self {
+    fn start(tls: Option<Arc<tempfile::TempDir>>, persistent: bool) -> Self {
         let mut node = Self {
             port: free_port(),
             bus_port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             tls,
+            persistent,
         };
         node.spawn();
         node
@@ -58,9 +61,14 @@ impl ClusterNode {
                     .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
             }
         };
+        if self.persistent {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
         let child = command
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir", &dir])
+            .args(["--save", "", "--dir", &dir])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-port", &self.bus_port.to_string()])
             .args(["--cluster-config-file", &format!("{dir}/nodes.conf")])
@@ -141,7 +149,7 @@ impl ClusterNode {
     }
 
     /// Starts the node again on the same port and directory: it rejoins the cluster
-    /// from its `nodes.conf`, with no data (no persistence).
+    /// from its `nodes.conf`, with its data only if it is persistent.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -168,25 +176,33 @@ pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
     /// The certificates' directory of a TLS cluster.
     tls: Option<Arc<tempfile::TempDir>>,
+    /// The slot map when [`Self::kill`] stopped every node.
+    slots_at_kill: Option<Vec<(u16, u16, u16)>>,
 }
 
 impl RedisCluster {
     /// Three primaries, no replica.
     pub fn start() -> Self {
-        Self::start_with(0, false)
+        Self::start_with(0, false, false)
+    }
+
+    /// Three primaries with AOF (`appendfsync always`), so [`Self::restart`] keeps
+    /// the data.
+    pub fn start_persistent() -> Self {
+        Self::start_with(0, false, true)
     }
 
     /// Three primaries with one replica each (for failover).
     pub fn start_with_replicas() -> Self {
-        Self::start_with(1, false)
+        Self::start_with(1, false, false)
     }
 
     /// Three primaries speaking only TLS, with a private CA ([`Self::ca_file`]).
     pub fn start_tls() -> Self {
-        Self::start_with(0, true)
+        Self::start_with(0, true, false)
     }
 
-    fn start_with(replicas: usize, tls: bool) -> Self {
+    fn start_with(replicas: usize, tls: bool, persistent: bool) -> Self {
         let started = Instant::now();
         let tls = tls.then(|| {
             let certs = tempfile::tempdir().expect("temp dir");
@@ -194,7 +210,7 @@ impl RedisCluster {
             Arc::new(certs)
         });
         let nodes: Vec<ClusterNode> = (0..3 * (1 + replicas))
-            .map(|_| ClusterNode::start(tls.clone()))
+            .map(|_| ClusterNode::start(tls.clone(), persistent))
             .collect();
         let mut create = Command::new("redis-cli");
         if let Some(certs) = &tls {
@@ -214,7 +230,11 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = Self { nodes, tls };
+        let cluster = Self {
+            nodes,
+            tls,
+            slots_at_kill: None,
+        };
         cluster.wait_ready();
         if replicas > 0 {
             // A replica may say `master_link_status:up` while its primary still
@@ -261,6 +281,38 @@ impl RedisCluster {
             },
             "cluster_state:ok on every node, with one slot map",
         );
+    }
+
+    /// Kills every node (SIGKILL): the whole cluster is down.
+    pub fn kill(&mut self) {
+        self.slots_at_kill = slot_map(self.running());
+        self.nodes.iter_mut().for_each(ClusterNode::kill);
+    }
+
+    /// Appends a command to the AOF of the stopped primary that owned its key's slot
+    /// (`args[1]`) when [`Self::kill`] ran, as if it had run just before.
+    pub fn append_to_aof(&self, args: &[&str]) {
+        let slots = self
+            .slots_at_kill
+            .as_ref()
+            .expect("only on a killed cluster");
+        let slot = key_slot(args[1]);
+        let (_, _, port) = slots
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .expect("the slot was served");
+        let node = self.nodes.iter().find(|n| n.port == *port).expect("ours");
+        assert!(node.persistent, "only on a persistent cluster");
+        super::node::append_to_aof_in(node.dir.path(), args);
+    }
+
+    /// Starts every node again on its port and directory and waits until the
+    /// cluster serves every slot (the data survives only if it is persistent).
+    pub fn restart(&mut self) {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+        self.wait_ready();
     }
 
     fn wait_for(&self, mut ready: impl FnMut() -> bool, what: &str) {
@@ -503,10 +555,27 @@ fn slot_map(node: &ClusterNode) -> Option<Vec<(u16, u16, u16)>> {
     Some(map)
 }
 
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+/// The hash slot of a key (CRC16/XMODEM of its `{hash tag}` or whole name, mod
+/// 16384), for when no node is running to answer `CLUSTER KEYSLOT`.
+fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key
+        .find('{')
+        .and_then(|open| {
+            let close = key[open + 1..].find('}')? + open + 1;
+            (close > open + 1).then(|| &bytes[open + 1..close])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for byte in tagged {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
     }
+    crc % 16384
 }

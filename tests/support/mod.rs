@@ -6,9 +6,16 @@
 
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod cluster;
+pub mod node;
+
+#[allow(unused_imports)]
+pub use backend::{RedisServer, cluster_mode};
 #[allow(unused_imports)]
 pub use cluster::RedisCluster;
+#[allow(unused_imports)]
+pub use node::RedisNode;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -41,160 +48,6 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A private `redis-server` on a free port, in its own temporary directory.
-pub struct RedisServer {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    appendonly: bool,
-}
-
-impl RedisServer {
-    /// Starts a server without persistence.
-    pub fn start() -> Self {
-        Self::start_with(false)
-    }
-
-    /// Starts a server with AOF (`appendfsync always`) so restarts keep the data.
-    pub fn start_persistent() -> Self {
-        Self::start_with(true)
-    }
-
-    fn start_with(appendonly: bool) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Self {
-            port: free_port(),
-            dir,
-            child: None,
-            appendonly,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let mut command = Command::new("redis-server");
-        command
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--dir", &self.dir.path().to_string_lossy()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if self.appendonly {
-            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            command.args(["--appendonly", "no"]);
-        }
-        self.child = Some(
-            command
-                .spawn()
-                .expect("spawn redis-server (is it installed?)"),
-        );
-        let url = self.url();
-        wait_until("redis-server to answer PING", || {
-            redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        });
-    }
-
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A synchronous connection for assertions and fixtures.
-    pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connect to test redis")
-    }
-
-    /// Runs one command and returns its reply.
-    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        command(args)
-            .query(&mut self.conn())
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-
-    /// Creates `chat:<id>` with these members.
-    pub fn create_chat(&self, chat: u64, members: &[u64]) {
-        let key = format!("chat:{chat}");
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .query(&mut self.conn())
-            .expect("DEL chat");
-        let _: () = redis::cmd("RPUSH")
-            .arg(&key)
-            .arg(members)
-            .query(&mut self.conn())
-            .expect("RPUSH chat");
-    }
-
-    /// `XLEN key` (0 for a missing key).
-    pub fn xlen(&self, key: &str) -> u64 {
-        self.cmd(&["XLEN", key])
-    }
-
-    /// Number of entries pending in a user's device group.
-    pub fn pending(&self, user: u64, device: &str) -> u64 {
-        pending_in(&mut self.conn(), user, device)
-    }
-
-    /// Kills the server (SIGKILL) and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Appends a command to the AOF of a stopped persistent server, as if it had run
-    /// just before the stop (Redis 7 multi-part AOF: the `.incr.aof` file).
-    pub fn append_to_aof(&self, args: &[&str]) {
-        assert!(
-            self.child.is_none() && self.appendonly,
-            "only on a stopped persistent server"
-        );
-        let dir = self.dir.path().join("appendonlydir");
-        let incr = std::fs::read_dir(&dir)
-            .expect("appendonlydir")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".incr.aof"))
-            .expect("an incr AOF file");
-        let mut resp = format!("*{}\r\n", args.len());
-        for arg in args {
-            resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(incr)
-            .expect("open AOF");
-        file.write_all(resp.as_bytes()).expect("append to AOF");
-    }
-
-    /// Starts it again on the same port and directory.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -316,6 +169,13 @@ impl Drop for Courier {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // The test failed: what courier said last is the first clue.
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- last lines of courier {} ---\n{tail}", self.addr);
+        }
     }
 }
 

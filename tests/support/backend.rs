@@ -1,0 +1,182 @@
+//! The Redis a test runs against: one `redis-server`, or a three-primary Redis
+//! Cluster when `COURIER_TEST_REDIS=cluster`, so the same tests check courier on
+//! both (`scripts/test` runs the core suite once per mode).
+//!
+//! Tests that need one node's specifics (its port for an ACL URL, its AOF file) use
+//! [`RedisNode`] directly.
+
+use redis::cluster::ClusterConnection;
+use redis::{Cmd, ConnectionLike, FromRedisValue, RedisResult, Value};
+
+use super::{RedisCluster, RedisNode, command, pending_in};
+
+/// The environment variable choosing the Redis of [`RedisServer`]: unset or
+/// `single` for one node, `cluster` for a three-primary cluster.
+pub const MODE_VARIABLE: &str = "COURIER_TEST_REDIS";
+
+/// Whether this test run is against a Redis Cluster.
+pub fn cluster_mode() -> bool {
+    match std::env::var(MODE_VARIABLE).as_deref() {
+        Err(_) | Ok("") | Ok("single") => false,
+        Ok("cluster") => true,
+        Ok(other) => panic!("{MODE_VARIABLE}={other}: expected `single` or `cluster`"),
+    }
+}
+
+/// A test's private Redis, in the mode [`cluster_mode`] chooses.
+pub enum RedisServer {
+    /// One `redis-server`.
+    Single(RedisNode),
+    /// Three primaries joined in a cluster.
+    Cluster(RedisCluster),
+}
+
+impl RedisServer {
+    /// Starts a Redis without persistence.
+    pub fn start() -> Self {
+        if cluster_mode() {
+            Self::Cluster(RedisCluster::start())
+        } else {
+            Self::Single(RedisNode::start())
+        }
+    }
+
+    /// Starts a Redis with AOF (`appendfsync always`) so restarts keep the data.
+    pub fn start_persistent() -> Self {
+        if cluster_mode() {
+            Self::Cluster(RedisCluster::start_persistent())
+        } else {
+            Self::Single(RedisNode::start_persistent())
+        }
+    }
+
+    /// The URL courier is given: `redis://…` or `redis+cluster://…`.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(node) => node.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// A synchronous connection for assertions and fixtures (on a cluster, it
+    /// follows the keys' slots).
+    pub fn conn(&self) -> TestConnection {
+        match self {
+            Self::Single(node) => TestConnection::Single(node.conn()),
+            Self::Cluster(cluster) => TestConnection::Cluster(Box::new(cluster.conn())),
+        }
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
+        command(args)
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Creates `chat:<id>` with these members.
+    pub fn create_chat(&self, chat: u64, members: &[u64]) {
+        let key = format!("chat:{chat}");
+        let mut conn = self.conn();
+        let _: () = redis::cmd("DEL").arg(&key).query(&mut conn).expect("DEL");
+        let _: () = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg(members)
+            .query(&mut conn)
+            .expect("RPUSH chat");
+    }
+
+    /// `XLEN key` (0 for a missing key).
+    pub fn xlen(&self, key: &str) -> u64 {
+        self.cmd(&["XLEN", key])
+    }
+
+    /// Number of entries pending in a user's device group.
+    pub fn pending(&self, user: u64, device: &str) -> u64 {
+        pending_in(&mut self.conn(), user, device)
+    }
+
+    /// Kills every Redis process (SIGKILL): Redis is down.
+    pub fn kill(&mut self) {
+        match self {
+            Self::Single(node) => node.kill(),
+            Self::Cluster(cluster) => cluster.kill(),
+        }
+    }
+
+    /// Appends a command to a killed persistent Redis's AOF (on a cluster, to the
+    /// primary owning the key `args[1]`), as if it had run just before the kill.
+    pub fn append_to_aof(&self, args: &[&str]) {
+        match self {
+            Self::Single(node) => node.append_to_aof(args),
+            Self::Cluster(cluster) => cluster.append_to_aof(args),
+        }
+    }
+
+    /// Starts it again on the same ports and directories and waits until it serves.
+    pub fn restart(&mut self) {
+        match self {
+            Self::Single(node) => node.restart(),
+            Self::Cluster(cluster) => cluster.restart(),
+        }
+    }
+}
+
+/// A synchronous connection to either kind of [`RedisServer`].
+pub enum TestConnection {
+    /// To the one node.
+    Single(redis::Connection),
+    /// To the cluster, routed by key.
+    Cluster(Box<ClusterConnection>),
+}
+
+impl TestConnection {
+    fn inner(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Self::Single(conn) => conn,
+            Self::Cluster(conn) => conn.as_mut(),
+        }
+    }
+
+    fn inner_ref(&self) -> &dyn ConnectionLike {
+        match self {
+            Self::Single(conn) => conn,
+            Self::Cluster(conn) => conn.as_ref(),
+        }
+    }
+}
+
+impl ConnectionLike for TestConnection {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.inner().req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        self.inner().req_packed_commands(cmd, offset, count)
+    }
+
+    fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        self.inner().req_command(cmd)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner_ref().get_db()
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        self.inner_ref().supports_pipelining()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.inner().check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.inner_ref().is_open()
+    }
+}

@@ -1,0 +1,164 @@
+//! One private `redis-server` process on a free loopback port.
+
+use std::process::{Child, Command, Stdio};
+
+use super::{command, free_port, pending_in, wait_until};
+
+/// A private `redis-server` on a free port, in its own temporary directory.
+pub struct RedisNode {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    appendonly: bool,
+}
+
+impl RedisNode {
+    /// Starts a server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server with AOF (`appendfsync always`) so restarts keep the data.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(appendonly: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            appendonly,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--dir", &self.dir.path().to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.appendonly {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        self.child = Some(
+            command
+                .spawn()
+                .expect("spawn redis-server (is it installed?)"),
+        );
+        let url = self.url();
+        wait_until("redis-server to answer PING", || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A synchronous connection for assertions and fixtures.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to test redis")
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        command(args)
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Creates `chat:<id>` with these members.
+    pub fn create_chat(&self, chat: u64, members: &[u64]) {
+        let key = format!("chat:{chat}");
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query(&mut self.conn())
+            .expect("DEL chat");
+        let _: () = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg(members)
+            .query(&mut self.conn())
+            .expect("RPUSH chat");
+    }
+
+    /// `XLEN key` (0 for a missing key).
+    pub fn xlen(&self, key: &str) -> u64 {
+        self.cmd(&["XLEN", key])
+    }
+
+    /// Number of entries pending in a user's device group.
+    pub fn pending(&self, user: u64, device: &str) -> u64 {
+        pending_in(&mut self.conn(), user, device)
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Appends a command to the AOF of a stopped persistent server, as if it had run
+    /// just before the stop (Redis 7 multi-part AOF: the `.incr.aof` file).
+    pub fn append_to_aof(&self, args: &[&str]) {
+        assert!(
+            self.child.is_none() && self.appendonly,
+            "only on a stopped persistent server"
+        );
+        append_to_aof_in(self.dir.path(), args);
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Appends a command to the AOF in a stopped server's directory `dir`, as if it had
+/// run just before the stop (Redis 7 multi-part AOF: the `.incr.aof` file).
+pub fn append_to_aof_in(dir: &std::path::Path, args: &[&str]) {
+    let incr = std::fs::read_dir(dir.join("appendonlydir"))
+        .expect("appendonlydir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".incr.aof"))
+        .expect("an incr AOF file");
+    let mut resp = format!("*{}\r\n", args.len());
+    for arg in args {
+        resp.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(incr)
+        .expect("open AOF");
+    file.write_all(resp.as_bytes()).expect("append to AOF");
+}
