@@ -254,3 +254,139 @@ async fn concurrent_connections_of_two_users_each_get_their_own_messages_only() 
     assert_eq!(texts(&bob.recv_batch().await.messages), ["for bob"]);
     assert_eq!(texts(&dave.recv_batch().await.messages), ["for dave"]);
 }
+
+/// A safety poll that never fires during a test (after its first, immediate tick):
+/// whatever is delivered was read because of a wake-up, a full read or an ack.
+const NO_POLL: (&str, &str) = ("COURIER_POLL_INTERVAL_MS", "600000");
+
+/// XREADGROUPs of new entries courier has completed so far (its `read_new` operation).
+async fn inbox_reads(courier: &Courier) -> u64 {
+    let (status, text) = http_get(courier.addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("courier_redis_command_seconds_count{command=\"read_new\"} ")
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_ack_does_not_read_the_inbox_again_unless_something_may_be_waiting() {
+    let redis = RedisServer::start();
+    let courier = Courier::start(&redis.url(), &[NO_POLL]);
+    redis.create_chat(10, &[1, 2]);
+    let mut alice = courier.connect(1).await;
+    let mut bob = courier.connect(2).await;
+    // Once this round is delivered, both connections' start-up reads are done.
+    alice.send_acked(0, 1, &[(10, "warm-up")]).await;
+    bob.recv_and_ack(1).await;
+    wait_for_pending(&redis, 2, "default", 0).await;
+    let before = inbox_reads(&courier).await;
+
+    const ROUNDS: u64 = 20;
+    for n in 1..=ROUNDS {
+        alice
+            .send_acked(n as i64, 1, &[(10, &format!("m{n}"))])
+            .await;
+        assert_eq!(texts(&bob.recv_and_ack(1).await), [format!("m{n}")]);
+    }
+    wait_for_pending(&redis, 2, "default", 0).await;
+
+    let reads = inbox_reads(&courier).await - before;
+    assert!(
+        reads <= ROUNDS + 2,
+        "{reads} inbox reads for {ROUNDS} delivered batches: one per wake-up, none per ack"
+    );
+}
+
+#[tokio::test]
+async fn a_full_read_is_followed_by_another_after_the_ack_without_a_wake_up() {
+    let redis = RedisServer::start();
+    let courier = Courier::start(
+        &redis.url(),
+        &[
+            NO_POLL,
+            ("COURIER_BATCH_MAX", "2"),
+            ("COURIER_MAX_INFLIGHT_BATCHES", "1"),
+        ],
+    );
+    redis.create_chat(10, &[1, 2]);
+    let mut alice = courier.connect(1).await;
+    let mut bob = courier.connect(2).await;
+    alice.send_acked(1, 1, &[(10, "warm-up")]).await;
+    bob.recv_and_ack(1).await;
+    // Five entries and a single wake-up (as an operator could write them): only the
+    // full reads say that more may remain.
+    for (id, text) in [(101, "a"), (102, "b"), (103, "c"), (104, "d"), (105, "e")] {
+        let id = id.to_string();
+        let fields = [
+            "id",
+            &id,
+            "sender_id",
+            "1",
+            "chat_id",
+            "10",
+            "content_text",
+            text,
+        ];
+        redis.cmd::<String>(&[&["XADD", "inbox:{user:2}", "*"][..], &fields].concat());
+    }
+    redis.cmd::<i64>(&["PUBLISH", "notify:{user:2}", ""]);
+
+    let mut received = Vec::new();
+    for expected in [2, 2, 1] {
+        let batch = bob.recv_batch().await;
+        assert_eq!(batch.messages.len(), expected, "batches of at most 2");
+        bob.ack(batch.time_key).await;
+        received.extend(batch.messages);
+    }
+    assert_eq!(texts(&received), ["a", "b", "c", "d", "e"]);
+}
+
+#[tokio::test]
+async fn a_wake_up_while_the_window_is_full_is_served_after_the_ack() {
+    let redis = RedisServer::start();
+    let courier = Courier::start(
+        &redis.url(),
+        &[NO_POLL, ("COURIER_MAX_INFLIGHT_BATCHES", "1")],
+    );
+    redis.create_chat(10, &[1, 2]);
+    let mut alice = courier.connect(1).await;
+    let mut bob = courier.connect(2).await;
+    alice.send_acked(1, 1, &[(10, "first")]).await;
+    let first = bob.recv_batch().await;
+    // Published before this ack returns, so bob is woken while his window is full.
+    alice.send_acked(2, 1, &[(10, "second")]).await;
+
+    bob.ack(first.time_key).await;
+    assert_eq!(texts(&bob.recv_batch().await.messages), ["second"]);
+}
+
+#[tokio::test]
+async fn sends_racing_reads_and_acks_are_all_delivered_without_the_safety_poll() {
+    let redis = RedisServer::start();
+    let courier = Courier::start(&redis.url(), &[NO_POLL]);
+    redis.create_chat(10, &[1, 2]);
+    let mut alice = courier.connect(1).await;
+    let mut bob = courier.connect(2).await;
+    const SENDS: usize = 100;
+    let texts_sent: Vec<String> = (0..SENDS).map(|n| format!("m{n}")).collect();
+
+    let send_all = async {
+        for (n, text) in texts_sent.iter().enumerate() {
+            alice.send_batch(n as i64, 1, &[(10, text)]).await;
+        }
+        for _ in 0..SENDS {
+            assert_eq!(alice.recv_json().await["type"], "ack");
+        }
+    };
+    let (_, received) = tokio::join!(send_all, bob.recv_and_ack(SENDS));
+
+    assert_eq!(
+        texts(&received),
+        texts_sent,
+        "every message, once, in order"
+    );
+    wait_for_pending(&redis, 2, "default", 0).await;
+}

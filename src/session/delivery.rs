@@ -13,10 +13,16 @@ use crate::store::inbox::{EntryBody, ReadFrom};
 use crate::telemetry;
 
 impl Session {
-    /// Reads and pushes batches while there is room and something to read.
+    /// Reads and pushes batches while there is room and something may be waiting.
+    ///
+    /// `want_read` is cleared when a read is *issued*, not when it returns: a wake-up
+    /// that comes while the read is in flight (kept by the subscription until the
+    /// session polls it) sets it again and causes another read. It is set again at
+    /// once when more may remain: a full read, or the consumer's own pending history.
     pub(super) async fn deliver(&mut self) -> Result<(), Ending> {
         let batch_max = self.state.session.batch_max;
         while self.want_read && self.inflight.has_room() {
+            self.want_read = false;
             let from = match &self.history_cursor {
                 Some(cursor) => ReadFrom::PendingAfter(cursor),
                 None => ReadFrom::New,
@@ -25,17 +31,17 @@ impl Session {
                 Ok(entries) => entries,
                 Err(e) => {
                     warn!(error = %e, "inbox read failed; retrying at the next wake-up or poll");
-                    self.want_read = false;
                     return Ok(());
                 }
             };
             if self.history_cursor.is_some() {
                 self.history_cursor = entries.last().map(|e| e.stream_id.clone());
+                self.want_read = true;
                 if entries.is_empty() {
                     continue;
                 }
-            } else if entries.len() < batch_max {
-                self.want_read = false;
+            } else if entries.len() >= batch_max {
+                self.want_read = true;
             }
             self.push_batch(entries).await?;
         }
@@ -176,7 +182,9 @@ impl Session {
         Ok(())
     }
 
-    /// A client ack: XACK exactly that batch's entries.
+    /// A client ack: XACK exactly that batch's entries. It reads nothing by itself:
+    /// if a read was held back for room, `want_read` is still set and the freed slot
+    /// is filled at the top of the session loop.
     pub(super) async fn on_ack(&mut self, time_key: TimeKey) -> Result<(), Ending> {
         let Some(batch) = time_key.as_u64().and_then(|tk| self.inflight.get(tk)) else {
             return self.reply_error(
@@ -214,7 +222,6 @@ impl Session {
                 telemetry::set_remote_parent(&span, traceparent);
             }
         }
-        self.want_read = true;
         Ok(())
     }
 

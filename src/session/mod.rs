@@ -224,7 +224,9 @@ struct Session {
     reclaim_cursor: String,
     /// When the group was last scanned for timed-out entries.
     last_reclaim: Instant,
-    /// A wake-up or poll asked for a read that has not happened yet.
+    /// The inbox may hold entries this connection has not read: set by a wake-up, the
+    /// safety poll, a full read or unread pending history; cleared when a read is
+    /// issued. An ack does not set it: a read waits for room only while this is set.
     want_read: bool,
     /// Last frame of any kind from the client.
     last_seen: Instant,
