@@ -332,7 +332,7 @@ async fn a_full_read_is_followed_by_another_after_the_ack_without_a_wake_up() {
         ];
         redis.cmd::<String>(&[&["XADD", "inbox:{user:2}", "*"][..], &fields].concat());
     }
-    redis.cmd::<i64>(&["PUBLISH", "notify:{user:2}", ""]);
+    redis.notify(2);
 
     let mut received = Vec::new();
     for expected in [2, 2, 1] {

@@ -1,7 +1,7 @@
 //! The delivery half of a session: reading the inbox, pushing batches, taking back
 //! timed-out entries, and applying the client's acks.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
 
@@ -11,6 +11,21 @@ use crate::protocol::{ErrorCode, ProtocolError, ServerFrame, TimeKey};
 use crate::store::StreamEntry;
 use crate::store::inbox::{EntryBody, ReadFrom};
 use crate::telemetry;
+
+/// How long to wait before reading again after `failures` failed reads in a row:
+/// 250 ms doubling up to the safety poll's interval, each made 50–100 % of that at
+/// random, so that after an outage the connections of an instance do not all come
+/// back to Redis at the same instant. (A wake-up is lost if the read it caused
+/// fails, e.g. the read right after Redis came back: this retry delivers it.)
+fn read_retry_delay(failures: u32, ceiling: Duration) -> Duration {
+    let base = Duration::from_millis(250)
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(ceiling);
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1000);
+    base / 2 + base / 2 * jitter / 1000
+}
 
 impl Session {
     /// Reads and pushes batches while there is room and something may be waiting.
@@ -28,9 +43,15 @@ impl Session {
                 None => ReadFrom::New,
             };
             let entries = match self.state.store.read(&self.consumer, from, batch_max).await {
-                Ok(entries) => entries,
+                Ok(entries) => {
+                    self.read_retry = None;
+                    entries
+                }
                 Err(e) => {
-                    warn!(error = %e, "inbox read failed; retrying at the next wake-up or poll");
+                    let failures = self.read_retry.map_or(0, |(_, failures)| failures) + 1;
+                    let delay = read_retry_delay(failures, self.state.session.poll_interval);
+                    warn!(error = %e, ?delay, "inbox read failed; retrying");
+                    self.read_retry = Some((tokio::time::Instant::now() + delay, failures));
                     return Ok(());
                 }
             };
@@ -246,4 +267,30 @@ fn now_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_retries_back_off_from_a_quarter_second_to_the_poll_interval_with_jitter() {
+        let ceiling = Duration::from_secs(5);
+        for (failures, full) in [
+            (1, 250),
+            (2, 500),
+            (3, 1000),
+            (5, 4000),
+            (6, 5000),
+            (40, 5000),
+        ] {
+            let full = Duration::from_millis(full);
+            let delay = read_retry_delay(failures, ceiling);
+            assert!(
+                delay >= full / 2 && delay <= full,
+                "{failures} failures: {delay:?} not within [{:?}, {full:?}]",
+                full / 2
+            );
+        }
+    }
 }

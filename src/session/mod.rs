@@ -164,6 +164,7 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
         reclaim_cursor: "0-0".into(),
         last_reclaim: Instant::now(),
         want_read: true,
+        read_retry: None,
         last_seen: Instant::now(),
         limits: Limits::new(
             state.session.rate_limit_fps,
@@ -228,6 +229,8 @@ struct Session {
     /// safety poll, a full read or unread pending history; cleared when a read is
     /// issued. An ack does not set it: a read waits for room only while this is set.
     want_read: bool,
+    /// After failed reads: when to read again, and how many failed in a row.
+    read_retry: Option<(tokio::time::Instant, u32)>,
     /// Last frame of any kind from the client.
     last_seen: Instant,
     /// Frame rate and error budget.
@@ -271,6 +274,10 @@ impl Session {
                     Ok(())
                 }
                 _ = poll.tick() => {
+                    self.want_read = true;
+                    Ok(())
+                }
+                _ = sleep_until(self.read_retry.map(|(at, _)| at)) => {
                     self.want_read = true;
                     Ok(())
                 }

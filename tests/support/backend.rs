@@ -96,6 +96,16 @@ impl RedisServer {
         pending_in(&mut self.conn(), user, device)
     }
 
+    /// Publishes a wake-up for `user` the way courier does: `PUBLISH`, or sharded
+    /// `SPUBLISH` on a cluster.
+    pub fn notify(&self, user: u64) {
+        let publish = match self {
+            Self::Single(_) => "PUBLISH",
+            Self::Cluster(_) => "SPUBLISH",
+        };
+        self.cmd::<i64>(&[publish, &format!("notify:{{user:{user}}}"), ""]);
+    }
+
     /// Kills every Redis process (SIGKILL): Redis is down.
     pub fn kill(&mut self) {
         match self {
@@ -168,8 +178,10 @@ impl ConnectionLike for TestConnection {
         self.inner_ref().get_db()
     }
 
+    /// On a cluster, a pipeline goes to the node of its first command's key: the
+    /// tests' pipelines stay within one slot.
     fn supports_pipelining(&self) -> bool {
-        self.inner_ref().supports_pipelining()
+        true
     }
 
     fn check_connection(&mut self) -> bool {
