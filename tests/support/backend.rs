@@ -2,7 +2,7 @@
 //! Cluster when `COURIER_TEST_REDIS=cluster`, so the same tests check courier on
 //! both (`scripts/test` runs the core suite once per mode).
 //!
-//! Tests that need one node's specifics (its port for an ACL URL, its AOF file) use
+//! A test that needs one node's specifics (its port, for an ACL URL) uses
 //! [`RedisNode`] directly.
 
 use redis::cluster::ClusterConnection;
