@@ -310,8 +310,11 @@ async fn upgrade(state: Arc<AppState>, mut request: Request<Incoming>) -> HttpRe
                 );
             }
         };
+    // The read buffer is allocated (and zero-filled) per connection up front; 1 KiB
+    // holds a typical client frame (an ack, a small batch) in one read, larger frames
+    // take a few reads. Writes go straight to the socket.
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(state.config.max_frame_bytes as usize))
         .max_frame_size(Some(state.config.max_frame_bytes as usize));
@@ -320,9 +323,12 @@ async fn upgrade(state: Arc<AppState>, mut request: Request<Incoming>) -> HttpRe
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
     };
     let sessions = state.sessions.clone();
+    // Boxed: what an async block captures stays in its state for the connection's
+    // whole life.
+    let prepared = Box::new(prepared);
     sessions.spawn(async move {
         match websocket.await {
-            Ok(ws) => session::run(state, prepared, ws).await,
+            Ok(ws) => session::run(state, *prepared, ws).await,
             Err(e) => warn!(error = %e, "upgrade failed"),
         }
     });

@@ -47,7 +47,8 @@ impl InFlight {
     /// Room for `max` unacked batches.
     pub fn new(max: usize) -> Self {
         Self {
-            batches: VecDeque::with_capacity(max.min(16)),
+            // Allocated on the first delivery: an idle connection holds none.
+            batches: VecDeque::new(),
             retired: VecDeque::new(),
             max,
             last_time_key: 0,

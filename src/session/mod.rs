@@ -13,6 +13,7 @@
 mod delivery;
 mod inflight;
 mod limits;
+mod schedule;
 mod sending;
 mod writer;
 
@@ -35,6 +36,7 @@ use crate::store::send::SendPolicy;
 use crate::store::{ConsumerRef, StoreError};
 use inflight::InFlight;
 use limits::{Limits, Verdict};
+use schedule::{Due, Schedule};
 use writer::Outbox;
 
 pub use inflight::MAX_SAFE_TIME_KEY;
@@ -138,7 +140,16 @@ pub async fn prepare(
 }
 
 /// Serves the connection until it ends, then releases the consumer.
-pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStream) {
+///
+/// The setup is synchronous, so that the returned future — which lives as long as
+/// the connection, and whose size is paid per connection — holds the session alone:
+/// an `async fn` would keep its arguments (the WebSocket stream, the prepared parts)
+/// in its state for its whole life, moved out or not.
+pub fn run(
+    state: Arc<AppState>,
+    prepared: Prepared,
+    ws: HyperWebsocketStream,
+) -> impl Future<Output = ()> + Send {
     let Prepared {
         slot,
         claims,
@@ -152,50 +163,31 @@ pub async fn run(state: Arc<AppState>, prepared: Prepared, ws: HyperWebsocketStr
         state.session.outbound_queue,
         state.session.write_timeout,
     );
-    let mut session = Session {
+    let session = Session {
         inflight: InFlight::new(state.session.max_inflight_batches),
-        state: state.clone(),
-        claims,
-        consumer,
-        subscription,
-        outbox,
-        span: span.clone(),
-        history_cursor: Some("0".into()),
-        reclaim_cursor: "0-0".into(),
-        last_reclaim: Instant::now(),
-        want_read: true,
-        read_retry: None,
-        last_seen: Instant::now(),
         limits: Limits::new(
             state.session.rate_limit_fps,
             state.session.rate_limit_burst,
             state.session.max_client_errors,
             Instant::now(),
         ),
+        state,
+        claims,
+        consumer,
+        subscription,
+        outbox,
+        span,
+        history_cursor: Some("0".into()),
+        reclaim_cursor: "0-0".into(),
+        last_reclaim: Instant::now(),
+        want_read: true,
+        read_retry: None,
+        last_seen: Instant::now(),
         _slot: slot,
     };
-    state.metrics.connections.inc();
-    info!(parent: &span, "connected");
-    let ending = session.serve(stream).instrument(span.clone()).await;
-    let Session {
-        outbox, consumer, ..
-    } = session;
-    match ending {
-        Ending::Close(code, reason) => {
-            info!(parent: &span, code = code.code(), reason, "closing");
-            outbox.close(code, reason).await;
-        }
-        Ending::PeerClosed => {
-            info!(parent: &span, "peer closed");
-            outbox.finish().await;
-        }
-        Ending::Dropped(why) => info!(parent: &span, why, "connection dropped"),
-    }
-    state.metrics.connections.dec();
-    match state.store.leave(&consumer).await {
-        Ok(deleted) => debug!(parent: &span, deleted, "consumer released"),
-        Err(e) => warn!(parent: &span, error = %e, "could not release consumer"),
-    }
+    session.state.metrics.connections.inc();
+    info!(parent: &session.span, "connected");
+    session.live(stream)
 }
 
 /// How a session ended.
@@ -240,18 +232,47 @@ struct Session {
 }
 
 impl Session {
+    /// Serves, says goodbye the way the ending calls for, and releases the consumer.
+    async fn live(mut self, stream: SplitStream<HyperWebsocketStream>) {
+        let span = self.span.clone();
+        let ending = self.serve(stream).instrument(span.clone()).await;
+        let Session {
+            state,
+            outbox,
+            consumer,
+            ..
+        } = self;
+        match ending {
+            Ending::Close(code, reason) => {
+                info!(parent: &span, code = code.code(), reason, "closing");
+                Box::pin(outbox.close(code, reason)).await;
+            }
+            Ending::PeerClosed => {
+                info!(parent: &span, "peer closed");
+                Box::pin(outbox.finish()).await;
+            }
+            Ending::Dropped(why) => info!(parent: &span, why, "connection dropped"),
+        }
+        state.metrics.connections.dec();
+        match Box::pin(state.store.leave(&consumer)).await {
+            Ok(deleted) => debug!(parent: &span, deleted, "consumer released"),
+            Err(e) => warn!(parent: &span, error = %e, "could not release consumer"),
+        }
+    }
+
     async fn serve(&mut self, mut stream: SplitStream<HyperWebsocketStream>) -> Ending {
-        let settings = self.state.session.clone();
-        let mut poll = interval(settings.poll_interval);
-        let mut ping = interval(settings.ping_interval);
-        let mut ack_check = interval(
-            (settings.ack_timeout / 4).clamp(Duration::from_millis(10), settings.poll_interval),
-        );
-        let expiry = token_expiry(&self.claims);
+        // An Arc, not a copy of the settings: this future lives as long as the
+        // connection, and its size is paid per connection.
+        let state = self.state.clone();
+        let settings = &state.session;
+        let mut schedule = Schedule::new(settings);
+        // Pinned once: a timer made anew at every turn of the loop would be
+        // registered anew each time.
+        let mut expiry = std::pin::pin!(sleep_until(token_expiry(&self.claims)));
         let shutdown = self.state.shutdown.clone();
         loop {
             if self.want_read && self.inflight.has_room() {
-                if let Err(ending) = self.deliver().await {
+                if let Err(ending) = Box::pin(self.deliver()).await {
                     return ending;
                 }
             }
@@ -263,7 +284,7 @@ impl Session {
                 _ = shutdown.cancelled() => {
                     return Ending::Close(CloseCode::GoingAway, "server shutting down");
                 }
-                _ = sleep_until(expiry) => {
+                _ = &mut expiry => {
                     return Ending::Close(CloseCode::TokenExpired, "token expired");
                 }
                 _ = self.outbox.closed() => {
@@ -273,21 +294,10 @@ impl Session {
                     self.want_read = true;
                     Ok(())
                 }
-                _ = poll.tick() => {
-                    self.want_read = true;
-                    Ok(())
-                }
+                due = schedule.next() => self.housekeep(due, settings).await,
                 _ = sleep_until(self.read_retry.map(|(at, _)| at)) => {
                     self.want_read = true;
                     Ok(())
-                }
-                _ = ack_check.tick() => {
-                    let overdue = self.inflight.any_older_than(settings.ack_timeout);
-                    if overdue || self.last_reclaim.elapsed() >= settings.ack_timeout {
-                        self.reclaim().await
-                    } else {
-                        Ok(())
-                    }
                 }
                 frame = stream.next() => {
                     self.last_seen = Instant::now();
@@ -302,20 +312,33 @@ impl Session {
                         Some(Err(_)) => return Ending::Dropped("socket error"),
                         Some(Ok(Message::Close(_))) => return Ending::PeerClosed,
                         Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                        Some(Ok(message)) => self.on_message(message).await,
+                        Some(Ok(message)) => Box::pin(self.on_message(message)).await,
                     }
-                }
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() > settings.ping_interval * 2 {
-                        return Ending::Dropped("no pong within two ping intervals");
-                    }
-                    self.send(Message::Ping(Default::default()))
                 }
             };
             if let Err(ending) = result {
                 return ending;
             }
         }
+    }
+
+    /// The periodic duties: the safety poll, the keep-alive ping (a peer silent for
+    /// two ping intervals is dropped), and taking back timed-out entries.
+    async fn housekeep(&mut self, due: Due, settings: &SessionSettings) -> Result<(), Ending> {
+        if due.poll {
+            self.want_read = true;
+        }
+        if due.ping {
+            if self.last_seen.elapsed() > settings.ping_interval * 2 {
+                return Err(Ending::Dropped("no pong within two ping intervals"));
+            }
+            self.send(Message::Ping(Default::default()))?;
+        }
+        let overdue = self.inflight.any_older_than(settings.ack_timeout);
+        if overdue || self.last_reclaim.elapsed() >= settings.ack_timeout {
+            Box::pin(self.reclaim()).await?;
+        }
+        Ok(())
     }
 
     /// Queues a frame; a full queue means a slow consumer.
@@ -420,12 +443,6 @@ fn store_error(e: StoreError) -> ProtocolError {
             ProtocolError::new(ErrorCode::Internal, "internal error")
         }
     }
-}
-
-fn interval(period: Duration) -> tokio::time::Interval {
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval
 }
 
 fn now_micros() -> u64 {

@@ -2,9 +2,11 @@
 //! flushing when the queue runs empty.
 //!
 //! The session never waits on a slow socket: [`Outbox::send`] fails with `Full`
-//! instead, and the session closes the connection with 1013. A close frame goes
-//! through a separate one-shot, so it is sent even when the queue is full.
+//! instead, and the session closes the connection with 1013. A close frame that
+//! does not fit in a full queue is sent ahead of it.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{SinkExt, stream::SplitSink};
@@ -12,51 +14,98 @@ use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::protocol::CloseCode;
 
 type Sink = SplitSink<HyperWebsocketStream, Message>;
 
-/// The session's handle on the writer task.
+/// The session's handle on the writer task. Dropping it lets the writer finish what
+/// is queued and end.
 pub struct Outbox {
-    /// Frames to write, bounded; received by the writer task. Dropping it lets the
-    /// writer finish what is queued and end.
-    frames: mpsc::Sender<Message>,
-    /// The close frame; received by the writer, which sends it at once and ends.
-    close: Option<oneshot::Sender<CloseFrame>>,
-    task: JoinHandle<()>,
+    queue: Arc<Queue>,
+    task: Option<JoinHandle<()>>,
     write_timeout: Duration,
+}
+
+/// What the session and the writer share. The frames live in a `VecDeque` that
+/// holds no memory until the first frame and only as much as the longest backlog
+/// since: an idle connection pays for the struct alone (a channel would allocate its
+/// first block of 32 slots at once, ≈ 2 KiB per connection).
+struct Queue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+    /// Wakes the writer: something was queued, or the session is done.
+    to_writer: Notify,
+    /// Wakes the session: the writer has ended.
+    writer_ended: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    frames: VecDeque<Message>,
+    /// A close frame that did not fit in the queue: sent ahead of it.
+    urgent_close: Option<CloseFrame>,
+    /// The session will queue nothing more: write what is queued and end.
+    session_done: bool,
+    /// The writer has ended (socket failed or stalled, or its work is done).
+    writer_done: bool,
 }
 
 /// The outbound queue is full: the client does not read fast enough.
 #[derive(Debug)]
 pub struct Full;
 
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding this lock cannot leave the state inconsistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 impl Outbox {
     /// Spawns the writer over `sink` with a queue of `capacity` frames; a write that
     /// takes longer than `write_timeout` ends it.
     pub fn spawn(sink: Sink, capacity: usize, write_timeout: Duration) -> Self {
-        let (frames, frame_rx) = mpsc::channel(capacity);
-        let (close, close_rx) = oneshot::channel();
-        let task = tokio::spawn(write_loop(sink, frame_rx, close_rx, write_timeout));
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            capacity,
+            to_writer: Notify::new(),
+            writer_ended: Notify::new(),
+        });
+        let task = tokio::spawn(write_loop(sink, queue.clone(), write_timeout));
         Self {
-            frames,
-            close: Some(close),
-            task,
+            queue,
+            task: Some(task),
             write_timeout,
         }
     }
 
     /// Completes when the writer has ended (socket failed or stalled).
     pub async fn closed(&self) {
-        self.frames.closed().await;
+        loop {
+            let ended = self.queue.writer_ended.notified();
+            if self.queue.lock().writer_done {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// Queues a frame without waiting.
     pub fn send(&self, message: Message) -> Result<(), Full> {
-        self.frames.try_send(message).map_err(|_| Full)
+        {
+            let mut state = self.queue.lock();
+            if state.writer_done || state.frames.len() >= self.queue.capacity {
+                return Err(Full);
+            }
+            state.frames.push_back(message);
+        }
+        self.queue.to_writer.notify_one();
+        Ok(())
     }
 
     /// Sends the close frame after what is already queued (or, when the queue is
@@ -66,57 +115,85 @@ impl Outbox {
             code: WsCloseCode::from(code.code()),
             reason: reason.to_owned().into(),
         };
-        if let Err(unsent) = self.frames.try_send(Message::Close(Some(frame))) {
-            if let (Some(close), Message::Close(Some(frame))) =
-                (self.close.take(), unsent.into_inner())
-            {
-                let _ = close.send(frame);
+        {
+            let mut state = self.queue.lock();
+            if state.frames.len() < self.queue.capacity {
+                state.frames.push_back(Message::Close(Some(frame)));
+            } else {
+                state.urgent_close = Some(frame);
             }
         }
-        drop(self.frames);
-        let _ = tokio::time::timeout(self.write_timeout * 2, self.task).await;
+        self.wait_for_writer(self.write_timeout * 2).await;
     }
 
     /// Writes what is queued, then ends without a close frame (the peer closed).
-    pub async fn finish(self) {
-        drop(self.frames);
-        drop(self.close);
-        let _ = tokio::time::timeout(self.write_timeout, self.task).await;
+    pub async fn finish(mut self) {
+        self.wait_for_writer(self.write_timeout).await;
+    }
+
+    /// Tells the writer the session is done and waits (at most `limit`) for it to end.
+    async fn wait_for_writer(&mut self, limit: Duration) {
+        self.end_session();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(limit, task).await;
+        }
+    }
+
+    fn end_session(&self) {
+        self.queue.lock().session_done = true;
+        self.queue.to_writer.notify_one();
     }
 }
 
-async fn write_loop(
-    mut sink: Sink,
-    mut frames: mpsc::Receiver<Message>,
-    mut close: oneshot::Receiver<CloseFrame>,
-    write_timeout: Duration,
-) {
-    let mut close_pending = true;
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.end_session();
+    }
+}
+
+/// What the writer does next.
+enum Next {
+    Write(Message),
+    Close(CloseFrame),
+    Finish,
+    Wait,
+}
+
+fn next(queue: &Queue) -> Next {
+    let mut state = queue.lock();
+    if let Some(frame) = state.urgent_close.take() {
+        Next::Close(frame)
+    } else if let Some(message) = state.frames.pop_front() {
+        Next::Write(message)
+    } else if state.session_done {
+        Next::Finish
+    } else {
+        Next::Wait
+    }
+}
+
+async fn write_loop(mut sink: Sink, queue: Arc<Queue>, write_timeout: Duration) {
     loop {
-        let message = tokio::select! {
-            biased;
-            frame = &mut close, if close_pending => match frame {
-                Ok(frame) => {
-                    let _ = tokio::time::timeout(write_timeout, sink.send(Message::Close(Some(frame)))).await;
-                    break;
-                }
-                Err(_) => {
-                    close_pending = false;
-                    continue;
-                }
-            },
-            message = frames.recv() => match message {
-                Some(message) => message,
-                None => {
-                    let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
-                    break;
-                }
-            },
+        let message = match next(&queue) {
+            Next::Write(message) => message,
+            Next::Close(frame) => {
+                let close = sink.send(Message::Close(Some(frame)));
+                let _ = tokio::time::timeout(write_timeout, close).await;
+                break;
+            }
+            Next::Finish => {
+                let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+                break;
+            }
+            Next::Wait => {
+                queue.to_writer.notified().await;
+                continue;
+            }
         };
         let is_close = message.is_close();
         let written = tokio::time::timeout(write_timeout, async {
             sink.feed(message).await?;
-            if frames.is_empty() {
+            if queue.lock().frames.is_empty() {
                 sink.flush().await?;
             }
             Ok::<_, hyper_tungstenite::tungstenite::Error>(())
@@ -132,4 +209,10 @@ async fn write_loop(
             }
         }
     }
+    let mut state = queue.lock();
+    state.writer_done = true;
+    // What was never written goes now, not when the session ends.
+    state.frames = VecDeque::new();
+    drop(state);
+    queue.writer_ended.notify_one();
 }
