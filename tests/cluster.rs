@@ -1,8 +1,9 @@
 //! courier on a Redis Cluster (`redis+cluster://`): three primaries started by the
-//! harness (plus a replica each for the failover test). The core end-to-end behaviour
-//! (fan-out with one global id, offline delivery, acks, redelivery, devices, dedup,
-//! atomic refusal), several instances sharing the cluster, a partial failure retried,
-//! a slot migration and a primary failover under traffic.
+//! harness (plus a replica each for the failover test). What only a cluster has:
+//! fan-out and dedup across users placed on different primaries, several instances
+//! sharing the cluster, a partial failure retried, TLS, a slot migration and a primary
+//! failover under traffic. (The whole core suite also runs, unchanged, against a
+//! cluster: `COURIER_TEST_REDIS=cluster`, the second pass of `scripts/test`.)
 
 mod support;
 
