@@ -19,6 +19,8 @@ pub struct Args {
     pub url: String,
 
     /// Redis URL, on loopback: chats are created there and Redis CPU/connections are read.
+    /// `redis+cluster://host:port,host:port` names a cluster by its seed nodes, as courier
+    /// takes it: every node is sampled and the figures summed.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
 
@@ -142,6 +144,7 @@ pub struct Plan {
     pub args: Args,
     pub pace: Pace,
     pub server: SocketAddr,
+    pub redis: RedisTarget,
     pub senders: usize,
     /// `(name, requests/s, stream entries written per request)`.
     pub baseline: Vec<(String, f64, f64)>,
@@ -169,7 +172,7 @@ fn baseline_item(item: &str) -> Result<(String, f64, f64), String> {
 impl Plan {
     pub fn from_args(args: Args) -> Result<Self, String> {
         let server = ws_addr(&args.url)?;
-        check_redis_loopback(&args.redis)?;
+        let redis = redis_target(&args.redis)?;
         let pace = match (args.idle, args.rate, args.max) {
             (true, None, false) => Pace::Idle,
             (true, _, _) => return Err("--idle takes neither --rate nor --max".into()),
@@ -213,6 +216,7 @@ impl Plan {
             args,
             pace,
             server,
+            redis,
             senders,
             baseline,
         })
@@ -237,18 +241,66 @@ fn ws_addr(url: &str) -> Result<SocketAddr, String> {
     loopback_addr(hostport, 80).map_err(|e| format!("--url: {e}"))
 }
 
-fn check_redis_loopback(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("redis://")
-        .ok_or("--redis must start with redis://")?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let hostport = authority.rsplit('@').next().unwrap_or_default();
-    loopback_addr(hostport, 6379)
-        .map(|_| ())
-        .map_err(|e| format!("--redis: {e}"))
+/// Where Redis is: one server, or a cluster named by its seed nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisTarget {
+    /// The server's URL as given, or `redis://[userinfo@]host:port` of each seed node.
+    pub urls: Vec<String>,
+    /// `user:password@` of a cluster URL (or empty), to reach the nodes it lists.
+    pub userinfo: String,
+    pub cluster: bool,
 }
 
-fn loopback_addr(hostport: &str, default_port: u16) -> Result<SocketAddr, String> {
+impl RedisTarget {
+    /// The URL of one node of the cluster at `host:port`.
+    pub fn node_url(&self, hostport: &str) -> String {
+        format!("redis://{}{hostport}", self.userinfo)
+    }
+}
+
+/// Parses `--redis`: `redis://[userinfo@]host:port[/db]`, or
+/// `redis+cluster://[userinfo@]host:port,host:port[/]`; every host must be on loopback.
+fn redis_target(url: &str) -> Result<RedisTarget, String> {
+    let (cluster, rest) = match url.strip_prefix("redis+cluster://") {
+        Some(rest) => (true, rest),
+        None => (
+            false,
+            url.strip_prefix("redis://")
+                .ok_or("--redis must start with redis:// or redis+cluster://")?,
+        ),
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if cluster && !matches!(&rest[authority.len()..], "" | "/") {
+        return Err("--redis: a cluster URL takes no database or options".into());
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let hosts: Vec<&str> = if cluster {
+        hosts.split(',').collect()
+    } else {
+        vec![hosts]
+    };
+    for hostport in &hosts {
+        loopback_addr(hostport, 6379).map_err(|e| format!("--redis: {e}"))?;
+    }
+    let urls = if cluster {
+        hosts
+            .iter()
+            .map(|h| format!("redis://{userinfo}{h}"))
+            .collect()
+    } else {
+        vec![url.to_string()]
+    };
+    Ok(RedisTarget {
+        urls,
+        userinfo,
+        cluster,
+    })
+}
+
+pub fn loopback_addr(hostport: &str, default_port: u16) -> Result<SocketAddr, String> {
     let with_port = if hostport
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -279,9 +331,29 @@ mod tests {
         assert!(ws_addr("ws://localhost:8080/ws").is_ok());
         assert!(ws_addr("ws://10.0.0.1:8080/ws").is_err());
         assert!(ws_addr("wss://127.0.0.1:8080/ws").is_err());
-        assert!(check_redis_loopback("redis://127.0.0.1:7000").is_ok());
-        assert!(check_redis_loopback("redis://u:p@127.0.0.1:7000/0").is_ok());
-        assert!(check_redis_loopback("redis://192.168.1.2:7000").is_err());
+        assert!(redis_target("redis://127.0.0.1:7000").is_ok());
+        assert!(redis_target("redis://u:p@127.0.0.1:7000/0").is_ok());
+        assert!(redis_target("redis://192.168.1.2:7000").is_err());
+        assert!(redis_target("redis+cluster://127.0.0.1:7000,localhost:7001/").is_ok());
+        assert!(redis_target("redis+cluster://127.0.0.1:7000,10.0.0.1:7001").is_err());
+        assert!(redis_target("redis+cluster://127.0.0.1:7000/2").is_err());
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes_with_the_credentials() {
+        let target = redis_target("redis+cluster://u:p@127.0.0.1:7000,127.0.0.1:7001").unwrap();
+        assert!(target.cluster);
+        assert_eq!(
+            target.urls,
+            ["redis://u:p@127.0.0.1:7000", "redis://u:p@127.0.0.1:7001"]
+        );
+        assert_eq!(
+            target.node_url("127.0.0.1:7002"),
+            "redis://u:p@127.0.0.1:7002"
+        );
+        let single = redis_target("redis://127.0.0.1:7000/1").unwrap();
+        assert!(!single.cluster);
+        assert_eq!(single.urls, ["redis://127.0.0.1:7000/1"]);
     }
 
     #[test]

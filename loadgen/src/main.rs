@@ -1,7 +1,7 @@
 //! loadgen: a bounded load run against one courier instance on loopback.
 //!
 //! 1. Creates one chat per sender directly in Redis (`chat:<id>`: the sender and the
-//!    `fanout` connections after it).
+//!    `fanout` connections after it), a single server or a cluster.
 //! 2. Opens `--connections` WebSocket connections, one user each, bound to source
 //!    addresses 127.0.0.1..N in turn (each has its own ephemeral ports), with its own
 //!    fd limit raised to the hard limit.
@@ -16,6 +16,7 @@
 mod args;
 mod client;
 mod probes;
+mod redis_nodes;
 mod report;
 mod tracker;
 
@@ -27,7 +28,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client as RedisClient};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -114,7 +114,7 @@ async fn run(plan: Plan) -> Result<Report, String> {
             "loadgen: warning: courier's fd limit is {limit}: it cannot hold {n} connections"
         );
     }
-    let mut redis = connect_redis(&args.redis).await?;
+    let mut redis = redis_nodes::connect(&plan.redis).await?;
 
     let now = unix_now();
     let id_base = args.id_base.unwrap_or(now.as_secs() * 1_000_000);
@@ -126,7 +126,7 @@ async fn run(plan: Plan) -> Result<Report, String> {
     };
     let layout = Layout::new(n, args.fanout, senders);
     if senders > 0 {
-        create_chats(&mut redis, &layout, id_base).await?;
+        redis_nodes::create_chats(&plan.redis, &redis, &layout, id_base).await?;
     }
     let tracker = Arc::new(Tracker::new(layout, run_id));
 
@@ -340,7 +340,7 @@ pub type Point = (
 );
 
 /// A measurement point now: time, courier, Redis and loadgen itself.
-async fn point(courier_pid: Option<u32>, redis: &mut MultiplexedConnection) -> Point {
+async fn point(courier_pid: Option<u32>, redis: &mut [MultiplexedConnection]) -> Point {
     (
         Instant::now(),
         courier_sample(courier_pid),
@@ -363,48 +363,4 @@ fn courier_sample(pid: Option<u32>) -> Option<ProcSample> {
 
 fn own_sample() -> Option<ProcSample> {
     probes::sample(None)
-}
-
-async fn connect_redis(url: &str) -> Result<MultiplexedConnection, String> {
-    let client = RedisClient::open(url).map_err(|e| format!("--redis: {e}"))?;
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(30)))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
-    redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(probes::CLIENT_NAME)
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(|e| format!("Redis CLIENT SETNAME: {e}"))?;
-    Ok(conn)
-}
-
-/// `chat:<id base + c_k>` = [sender, its fanout recipients], replacing any old list.
-async fn create_chats(
-    redis: &mut MultiplexedConnection,
-    layout: &Layout,
-    id_base: u64,
-) -> Result<(), String> {
-    let senders: Vec<usize> = (0..layout.sender_conn.len()).collect();
-    for chunk in senders.chunks(500) {
-        let mut pipe = redis::pipe();
-        for &k in chunk {
-            let c = layout.sender_conn[k];
-            let key = format!("chat:{}", id_base + c as u64);
-            let members: Vec<u64> = std::iter::once(c)
-                .chain(layout.recipients(k))
-                .map(|m| id_base + m as u64)
-                .collect();
-            pipe.cmd("DEL").arg(&key).ignore();
-            pipe.cmd("RPUSH").arg(&key).arg(members).ignore();
-        }
-        pipe.query_async::<()>(redis)
-            .await
-            .map_err(|e| format!("cannot create chats in Redis: {e}"))?;
-    }
-    Ok(())
 }

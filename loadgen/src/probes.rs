@@ -1,5 +1,6 @@
 //! What the run observes besides its own frames: a process's RSS, CPU time and fd
-//! limit from /proc, and Redis's CPU time, clients and memory from INFO / CLIENT LIST.
+//! limit from /proc, and Redis's CPU time, clients and memory from INFO / CLIENT LIST
+//! (summed over every node of a cluster).
 
 use redis::aio::MultiplexedConnection;
 
@@ -88,9 +89,11 @@ pub fn raise_fd_limit() -> (u64, u64) {
     (limit.rlim_cur, limit.rlim_max)
 }
 
-/// One look at Redis.
+/// One look at Redis: one server, or the sum over every node of a cluster.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RedisSample {
+    /// Servers sampled.
+    pub nodes: u64,
     /// used_cpu_sys + used_cpu_user, seconds.
     pub cpu_s: f64,
     pub connected_clients: u64,
@@ -105,7 +108,27 @@ fn info_field(info: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-pub async fn redis_sample(conn: &mut MultiplexedConnection) -> Option<RedisSample> {
+/// Samples every node at once and sums; `None` if any of them did not answer.
+pub async fn redis_sample(nodes: &mut [MultiplexedConnection]) -> Option<RedisSample> {
+    futures_util::future::join_all(nodes.iter_mut().map(node_sample))
+        .await
+        .into_iter()
+        .sum()
+}
+
+impl std::iter::Sum for RedisSample {
+    fn sum<I: Iterator<Item = Self>>(samples: I) -> Self {
+        samples.fold(Self::default(), |sum, node| Self {
+            nodes: sum.nodes + node.nodes,
+            cpu_s: sum.cpu_s + node.cpu_s,
+            connected_clients: sum.connected_clients + node.connected_clients,
+            other_clients: sum.other_clients + node.other_clients,
+            used_memory: sum.used_memory + node.used_memory,
+        })
+    }
+}
+
+async fn node_sample(conn: &mut MultiplexedConnection) -> Option<RedisSample> {
     let info: String = redis::cmd("INFO")
         .arg("cpu")
         .arg("clients")
@@ -124,6 +147,7 @@ pub async fn redis_sample(conn: &mut MultiplexedConnection) -> Option<RedisSampl
         .filter(|l| !l.split(' ').any(|f| f == format!("name={CLIENT_NAME}")))
         .count() as u64;
     Some(RedisSample {
+        nodes: 1,
         cpu_s: info_field(&info, "used_cpu_sys")? + info_field(&info, "used_cpu_user")?,
         connected_clients: info_field(&info, "connected_clients")? as u64,
         other_clients,
@@ -140,6 +164,23 @@ mod tests {
         let s = sample(None).expect("own /proc");
         assert!(s.rss_kib > 0);
         assert!(fd_limit(None).is_some());
+    }
+
+    #[test]
+    fn a_cluster_sample_is_the_sum_of_its_nodes_or_nothing() {
+        let node = RedisSample {
+            nodes: 1,
+            cpu_s: 1.5,
+            connected_clients: 3,
+            other_clients: 2,
+            used_memory: 10,
+        };
+        let total: Option<RedisSample> = [Some(node), Some(node)].into_iter().sum();
+        let total = total.expect("both nodes answered");
+        assert_eq!((total.nodes, total.cpu_s), (2, 3.0));
+        assert_eq!((total.other_clients, total.used_memory), (4, 20));
+        let partial: Option<RedisSample> = [Some(node), None].into_iter().sum();
+        assert!(partial.is_none());
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct CourierStats {
 
 #[derive(Debug, Serialize)]
 pub struct RedisStats {
+    /// Redis servers sampled: 1, or every node of a cluster (the figures below are sums).
+    pub nodes: u64,
     /// Percent of one core (used_cpu_sys + used_cpu_user) over the measured window.
     pub cpu_pct: f64,
     /// Redis CPU microseconds per delivered message over the window.
@@ -191,6 +193,7 @@ impl Report {
             (Some(a), Some(b), Some(connected)) => {
                 let cpu = b.cpu_s - a.cpu_s;
                 Some(RedisStats {
+                    nodes: connected.nodes,
                     cpu_pct: round(if secs > 0.0 { cpu / secs * 100.0 } else { 0.0 }, 1),
                     cpu_us_per_delivered: (window_deliveries > 0)
                         .then(|| round(cpu * 1e6 / window_deliveries as f64, 3)),
@@ -381,13 +384,18 @@ impl Report {
         }
         if let Some(r) = &self.redis {
             println!(
-                "redis         CPU {:.1}%{}; {} clients ({} of them courier's)",
+                "redis         CPU {:.1}%{}; {} clients ({} of them courier's){}",
                 r.cpu_pct,
                 r.cpu_us_per_delivered
                     .map(|us| format!(" ({us:.2} µs per delivered msg)"))
                     .unwrap_or_default(),
                 r.connected_clients,
-                r.courier_connections
+                r.courier_connections,
+                if r.nodes > 1 {
+                    format!("; summed over {} nodes", r.nodes)
+                } else {
+                    String::new()
+                }
             );
         }
         println!(
