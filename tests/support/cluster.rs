@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{ConnectionLike, FromRedisValue, Value};
 
-use super::{WAIT, free_port, wait_until};
+use super::{START_ATTEMPTS, WAIT, free_port, process_id_in, wait_for_own_redis};
 
 /// One `redis-server` of the cluster.
 pub struct ClusterNode {
@@ -34,18 +34,24 @@ pub struct ClusterNode {
 impl ClusterNode {
     fn start(tls: Option<Arc<tempfile::TempDir>>, persistent: bool) -> Self {
         let mut node = Self {
-            port: free_port(),
-            bus_port: free_port(),
+            port: 0,
+            bus_port: 0,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             tls,
             persistent,
         };
-        node.spawn();
-        node
+        for _ in 0..START_ATTEMPTS {
+            (node.port, node.bus_port) = (free_port(), free_port());
+            if node.spawn() {
+                return node;
+            }
+        }
+        panic!("a cluster node did not start on {START_ATTEMPTS} pairs of free ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts the node on its ports; false if one of them turned out to be taken.
+    fn spawn(&mut self) -> bool {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let mut command = Command::new("redis-server");
         match &self.tls {
@@ -66,7 +72,7 @@ impl ClusterNode {
         } else {
             command.args(["--appendonly", "no"]);
         }
-        let child = command
+        let mut child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--dir", &dir])
             .args(["--cluster-enabled", "yes"])
@@ -82,10 +88,11 @@ impl ClusterNode {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (is it installed?)");
-        self.child = Some(child);
-        wait_until("a cluster node to answer PING", || {
-            self.try_cmd::<String>(&["PING"]).is_some()
+        let ours = wait_for_own_redis(&mut child, || {
+            process_id_in(&self.try_cmd::<String>(&["INFO", "server"])?)
         });
+        self.child = Some(child);
+        ours
     }
 
     /// `127.0.0.1:<port>`.
@@ -152,7 +159,11 @@ impl ClusterNode {
     /// from its `nodes.conf`, with its data only if it is persistent.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "a cluster node could not restart on port {}",
+            self.port
+        );
     }
 
     fn cluster_info_field(&self, field: &str) -> Option<String> {

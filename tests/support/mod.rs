@@ -51,6 +51,37 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// How many free ports a server is tried on before the harness gives up.
+const START_ATTEMPTS: usize = 5;
+
+/// Waits until the Redis server `child` answers as itself (`process_id` reads the
+/// `process_id` of whatever answers on its port). False if it exited first: its port
+/// was taken between [`free_port`] and its bind (by another test's server, or by an
+/// outgoing socket's ephemeral port), and it must be started on another one.
+fn wait_for_own_redis(child: &mut Child, mut process_id: impl FnMut() -> Option<u32>) -> bool {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if process_id() == Some(child.id()) {
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for redis-server to start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `process_id` field of `INFO server`.
+fn process_id_in(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
 /// A command from its words: `command(&["XLEN", "inbox:{user:2}"])`.
 pub fn command(args: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd(args[0]);
@@ -85,8 +116,22 @@ pub struct Courier {
 }
 
 impl Courier {
-    /// Starts courier against `redis_url` with test defaults and extra settings.
+    /// Starts courier against `redis_url` with test defaults and extra settings,
+    /// on another free port if the first one turns out to be taken.
     pub fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        for _ in 0..START_ATTEMPTS {
+            if let Some(courier) = Self::try_start(redis_url, env) {
+                return courier;
+            }
+        }
+        panic!("courier did not start on {START_ATTEMPTS} free ports");
+    }
+
+    /// Starts courier on a free port and waits until it answers `/healthz` (an
+    /// answer from the port alone could be a socket connected to itself); `None` if
+    /// it exited first because the port was taken. Any other early exit fails the
+    /// test with courier's log.
+    fn try_start(redis_url: &str, env: &[(&str, &str)]) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("courier.log");
         let port = free_port();
@@ -103,17 +148,29 @@ impl Courier {
         for (name, value) in env {
             command.env(name, value);
         }
-        let child = command.spawn().expect("spawn courier");
-        let courier = Self {
+        let mut child = command.spawn().expect("spawn courier");
+        let deadline = Instant::now() + WAIT;
+        while !answers_healthz(addr) {
+            if !matches!(child.try_wait(), Ok(None)) {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(
+                    text.contains("Address already in use"),
+                    "courier exited at start:\n{text}"
+                );
+                return None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for courier to listen"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Self {
             addr,
             child,
             log,
             _dir: dir,
-        };
-        wait_until("courier to listen", || {
-            std::net::TcpStream::connect(addr).is_ok()
-        });
-        courier
+        })
     }
 
     /// `ws://addr/ws`.
@@ -177,6 +234,20 @@ impl Drop for Courier {
             eprintln!("--- last lines of courier {} ---\n{tail}", self.addr);
         }
     }
+}
+
+/// Whether an HTTP server at `addr` answers `GET /healthz` with 200.
+fn answers_healthz(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 12];
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .and_then(|()| stream.read_exact(&mut reply))
+        .is_ok_and(|()| reply.starts_with(b"HTTP/1.1 200"))
 }
 
 /// A token for user `id` (username `user<id>`), valid for an hour.

@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::{command, free_port, pending_in, wait_until};
+use super::{START_ATTEMPTS, command, free_port, pending_in, process_id_in, wait_for_own_redis};
 
 /// A private `redis-server` on a free port, in its own temporary directory.
 pub struct RedisNode {
@@ -26,16 +26,22 @@ impl RedisNode {
     fn start_with(appendonly: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = Self {
-            port: free_port(),
+            port: 0,
             dir,
             child: None,
             appendonly,
         };
-        server.spawn();
-        server
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on {START_ATTEMPTS} free ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on `self.port`; false if the port turned out to be taken.
+    fn spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
         command
             .args([
@@ -54,18 +60,19 @@ impl RedisNode {
         } else {
             command.args(["--appendonly", "no"]);
         }
-        self.child = Some(
-            command
-                .spawn()
-                .expect("spawn redis-server (is it installed?)"),
-        );
+        let mut child = command
+            .spawn()
+            .expect("spawn redis-server (is it installed?)");
         let url = self.url();
-        wait_until("redis-server to answer PING", || {
-            redis::Client::open(url.as_str())
+        let ours = wait_for_own_redis(&mut child, || {
+            let info: String = redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
+                .and_then(|mut c| redis::cmd("INFO").arg("server").query(&mut c))
+                .ok()?;
+            process_id_in(&info)
         });
+        self.child = Some(child);
+        ours
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -132,7 +139,11 @@ impl RedisNode {
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "redis-server could not restart on port {}",
+            self.port
+        );
     }
 }
 
