@@ -9,8 +9,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::{SinkExt, stream::SplitSink};
-use hyper_tungstenite::HyperWebsocketStream;
+use futures_util::{Sink, SinkExt};
 use hyper_tungstenite::tungstenite::Message;
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -18,8 +17,6 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::protocol::CloseCode;
-
-type Sink = SplitSink<HyperWebsocketStream, Message>;
 
 /// The session's handle on the writer task. Dropping it lets the writer finish what
 /// is queued and end.
@@ -69,7 +66,10 @@ impl Queue {
 impl Outbox {
     /// Spawns the writer over `sink` with a queue of `capacity` frames; a write that
     /// takes longer than `write_timeout` ends it.
-    pub fn spawn(sink: Sink, capacity: usize, write_timeout: Duration) -> Self {
+    pub fn spawn<S>(sink: S, capacity: usize, write_timeout: Duration) -> Self
+    where
+        S: Sink<Message> + Unpin + Send + 'static,
+    {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState::default()),
             capacity,
@@ -172,7 +172,10 @@ fn next(queue: &Queue) -> Next {
     }
 }
 
-async fn write_loop(mut sink: Sink, queue: Arc<Queue>, write_timeout: Duration) {
+async fn write_loop<S>(mut sink: S, queue: Arc<Queue>, write_timeout: Duration)
+where
+    S: Sink<Message> + Unpin,
+{
     loop {
         let message = match next(&queue) {
             Next::Write(message) => message,
@@ -196,7 +199,7 @@ async fn write_loop(mut sink: Sink, queue: Arc<Queue>, write_timeout: Duration) 
             if queue.lock().frames.is_empty() {
                 sink.flush().await?;
             }
-            Ok::<_, hyper_tungstenite::tungstenite::Error>(())
+            Ok::<_, S::Error>(())
         })
         .await;
         match written {
@@ -215,4 +218,122 @@ async fn write_loop(mut sink: Sink, queue: Arc<Queue>, write_timeout: Duration) 
     state.frames = VecDeque::new();
     drop(state);
     queue.writer_ended.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    /// A socket stand-in that takes frames only while open, and records them.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<Mutex<GateState>>);
+
+    #[derive(Default)]
+    struct GateState {
+        open: bool,
+        written: Vec<Message>,
+        waiting: Option<Waker>,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            let mut state = self.0.lock().unwrap();
+            state.open = true;
+            if let Some(waker) = state.waiting.take() {
+                waker.wake();
+            }
+        }
+
+        fn written(&self) -> Vec<Message> {
+            self.0.lock().unwrap().written.clone()
+        }
+    }
+
+    impl Sink<Message> for Gate {
+        type Error = ();
+
+        fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            let mut state = self.0.lock().unwrap();
+            if state.open {
+                Poll::Ready(Ok(()))
+            } else {
+                state.waiting = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), ()> {
+            self.0.lock().unwrap().written.push(item);
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn texts(messages: &[Message]) -> Vec<String> {
+        messages
+            .iter()
+            .map(|m| match m {
+                Message::Close(Some(frame)) => format!("close {}", u16::from(frame.code)),
+                other => other.to_text().unwrap_or("?").to_owned(),
+            })
+            .collect()
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn queued_frames_are_written_in_order_and_finish_waits_for_them() {
+        let gate = Gate::default();
+        gate.open();
+        let outbox = Outbox::spawn(gate.clone(), 4, TIMEOUT);
+        for text in ["a", "b", "c"] {
+            outbox.send(Message::text(text)).unwrap();
+        }
+        outbox.finish().await;
+        assert_eq!(texts(&gate.written()), ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_frames_and_a_close_goes_ahead_of_it() {
+        let gate = Gate::default();
+        let outbox = Outbox::spawn(gate.clone(), 2, TIMEOUT);
+        outbox.send(Message::text("a")).unwrap();
+        // The writer takes "a" and waits on the closed socket; the queue fills.
+        tokio::task::yield_now().await;
+        outbox.send(Message::text("b")).unwrap();
+        outbox.send(Message::text("c")).unwrap();
+        assert!(
+            outbox.send(Message::text("d")).is_err(),
+            "the queue holds 2"
+        );
+
+        let mut closing = Box::pin(outbox.close(CloseCode::Overloaded, "slow consumer"));
+        assert!(futures_util::poll!(&mut closing).is_pending());
+        gate.open();
+        closing.await;
+        assert_eq!(texts(&gate.written()), ["a", "close 1013"]);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_socket_ends_the_writer_and_the_session_hears_of_it() {
+        let gate = Gate::default();
+        let outbox = Outbox::spawn(gate.clone(), 2, Duration::from_millis(100));
+        outbox.send(Message::text("a")).unwrap();
+        outbox.closed().await;
+        assert!(
+            outbox.send(Message::text("b")).is_err(),
+            "nobody writes any more"
+        );
+        assert!(gate.written().is_empty());
+    }
 }
