@@ -112,10 +112,18 @@ impl Store {
         request: &SendRequest,
         policy: SendPolicy,
     ) -> Result<SendOutcome, SendError> {
-        let fan_out = self.fan_out(request, policy).await?;
         if self.conn.is_cluster() {
-            self.send_sharded(request, policy, &fan_out).await
+            // The dedup check reads only the sender's keys: it runs beside the
+            // membership read, and a refusal (not a member) still comes first.
+            let (fan_out, found) = futures_util::future::join(
+                self.fan_out(request, policy),
+                self.reserve(request, policy, None),
+            )
+            .await;
+            let fan_out = fan_out?;
+            self.send_sharded(request, policy, &fan_out, found?).await
         } else {
+            let fan_out = self.fan_out(request, policy).await?;
             self.send_atomic(request, policy, &fan_out).await
         }
     }

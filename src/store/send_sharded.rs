@@ -2,7 +2,8 @@
 //! and no script may span them. The batch is written in steps that each touch one
 //! slot:
 //!
-//! 1. `send_reserve.lua` in the sender's slot checks the dedup record
+//! 1. `send_reserve.lua` in the sender's slot, asked first without ids (in the same
+//!    round trip as the chat membership read, `Store::send`), checks the dedup record
 //!    `dedup:{user:<sender>}:<time_key>` (a batch already written ends here, having
 //!    allocated nothing) and the id reservation
 //!    `dedup:{user:<sender>}:<time_key>:ids` (an unfinished earlier attempt's ids are
@@ -37,7 +38,7 @@ static COMMIT_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("send_commit.lua")));
 
 /// What step 1 found for a batch.
-enum Reservation {
+pub(super) enum Reservation {
     /// Already written: the dedup record (`"<first_id>:<count>"`).
     Written(Value),
     /// The ids to write (reserved now or by an unfinished earlier attempt).
@@ -47,15 +48,17 @@ enum Reservation {
 }
 
 impl Store {
-    /// Writes a validated batch one slot at a time (see the module docs).
+    /// Writes a validated batch one slot at a time (see the module docs), given what
+    /// step 1 found when asked without ids.
     pub(super) async fn send_sharded(
         &self,
         request: &SendRequest,
         policy: SendPolicy,
         fan_out: &FanOut,
+        found: Reservation,
     ) -> Result<SendOutcome, SendError> {
         let count = request.messages.len() as u64;
-        let first = match self.reserve(request, policy, None).await? {
+        let first = match found {
             Reservation::Written(first) => return Ok(duplicate(first)?),
             Reservation::Ids(first) => first,
             Reservation::Fresh => {
@@ -107,7 +110,7 @@ impl Store {
 
     /// Step 1: the dedup check, and with `allocated` (the first of the ids just
     /// allocated) the reservation of the batch's ids.
-    async fn reserve(
+    pub(super) async fn reserve(
         &self,
         request: &SendRequest,
         policy: SendPolicy,
