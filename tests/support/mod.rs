@@ -43,14 +43,6 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// How many free ports a server is tried on before the harness gives up.
 const START_ATTEMPTS: usize = 5;
 
@@ -671,34 +663,32 @@ impl TlsRedis {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         make_tls_certificates(dir.path());
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--tls-cert-file",
-                "server.crt",
-                "--tls-key-file",
-                "server.key",
-            ])
-            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
-            .args(["--save", "", "--appendonly", "no", "--dir", "."])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server with TLS");
-        let server = Self { port, dir, child };
-        wait_until("the TLS redis-server to answer", || {
-            server.cli(&["PING"]).trim() == "PONG"
-        });
-        server
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+                .args(["--save", "", "--appendonly", "no", "--dir", "."])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server with TLS");
+            let ours = wait_for_own_redis(&mut child, || {
+                process_id_in(&tls_cli(dir.path(), port, &["INFO", "server"]))
+            });
+            if ours {
+                return Self { port, dir, child };
+            }
+        }
+        panic!("the TLS redis-server did not start on {START_ATTEMPTS} free ports");
     }
 
     /// `rediss://127.0.0.1:<port>`.
@@ -717,18 +707,7 @@ impl TlsRedis {
 
     /// Runs redis-cli over TLS and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args([
-                "--tls",
-                "--cacert",
-                &self.ca_file(),
-                "-p",
-                &self.port.to_string(),
-            ])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        tls_cli(self.dir.path(), self.port, args)
     }
 
     /// Creates `chat:<id>` with these members.
@@ -739,6 +718,21 @@ impl TlsRedis {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.cli(&args);
     }
+}
+
+/// `redis-cli --tls` against the TLS server on `port` whose CA is in `dir`; its
+/// output (empty if it could not connect).
+fn tls_cli(dir: &std::path::Path, port: u16, args: &[&str]) -> String {
+    let ca = dir.join("ca.crt");
+    let output = Command::new("redis-cli")
+        .arg("--tls")
+        .arg("--cacert")
+        .arg(&ca)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 impl Drop for TlsRedis {
