@@ -233,9 +233,9 @@ struct Session {
 
 impl Session {
     /// Serves, says goodbye the way the ending calls for, and releases the consumer.
-    async fn live(mut self, stream: SplitStream<HyperWebsocketStream>) {
+    async fn live(mut self, mut stream: SplitStream<HyperWebsocketStream>) {
         let span = self.span.clone();
-        let ending = self.serve(stream).instrument(span.clone()).await;
+        let ending = self.serve(&mut stream).instrument(span.clone()).await;
         let Session {
             state,
             outbox,
@@ -246,6 +246,7 @@ impl Session {
             Ending::Close(code, reason) => {
                 info!(parent: &span, code = code.code(), reason, "closing");
                 Box::pin(outbox.close(code, reason)).await;
+                Box::pin(await_peer_close(&mut stream)).await;
             }
             Ending::PeerClosed => {
                 info!(parent: &span, "peer closed");
@@ -260,7 +261,7 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, mut stream: SplitStream<HyperWebsocketStream>) -> Ending {
+    async fn serve(&mut self, stream: &mut SplitStream<HyperWebsocketStream>) -> Ending {
         // An Arc, not a copy of the settings: this future lives as long as the
         // connection, and its size is paid per connection.
         let state = self.state.clone();
@@ -450,6 +451,24 @@ fn now_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or_default()
+}
+
+/// How long a connection closed by courier waits for the client's close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// The closing handshake (RFC 6455 §7.1.1): after courier's close frame, reads and
+/// discards what the client still sends until its close frame, its end of stream or
+/// [`CLOSE_HANDSHAKE`]. Closing the socket with unread input would reset it, and the
+/// client could lose the close frame (and its code) with the reset.
+async fn await_peer_close(stream: &mut SplitStream<HyperWebsocketStream>) {
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// When the token expires, as a tokio instant (`None`: no `exp`).
