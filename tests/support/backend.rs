@@ -8,7 +8,7 @@
 use redis::cluster::ClusterConnection;
 use redis::{Cmd, ConnectionLike, FromRedisValue, RedisResult, Value};
 
-use super::{RedisCluster, RedisNode, command, pending_in};
+use super::{RedisCluster, RedisNode, command, create_chat_in, pending_in};
 
 /// The environment variable choosing the Redis of [`RedisServer`]: unset or
 /// `single` for one node, `cluster` for a three-primary cluster.
@@ -76,14 +76,7 @@ impl RedisServer {
 
     /// Creates `chat:<id>` with these members.
     pub fn create_chat(&self, chat: u64, members: &[u64]) {
-        let key = format!("chat:{chat}");
-        let mut conn = self.conn();
-        let _: () = redis::cmd("DEL").arg(&key).query(&mut conn).expect("DEL");
-        let _: () = redis::cmd("RPUSH")
-            .arg(&key)
-            .arg(members)
-            .query(&mut conn)
-            .expect("RPUSH chat");
+        create_chat_in(&mut self.conn(), chat, members);
     }
 
     /// `XLEN key` (0 for a missing key).

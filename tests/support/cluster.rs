@@ -389,14 +389,7 @@ impl RedisCluster {
 
     /// Creates `chat:<id>` with these members.
     pub fn create_chat(&self, chat: u64, members: &[u64]) {
-        let key = format!("chat:{chat}");
-        let mut conn = self.conn();
-        let _: () = redis::cmd("DEL").arg(&key).query(&mut conn).expect("DEL");
-        let _: () = redis::cmd("RPUSH")
-            .arg(&key)
-            .arg(members)
-            .query(&mut conn)
-            .expect("RPUSH chat");
+        super::create_chat_in(&mut self.conn(), chat, members);
     }
 
     /// `XLEN key` (0 for a missing key).

@@ -83,6 +83,17 @@ pub fn command(args: &[&str]) -> redis::Cmd {
     cmd
 }
 
+/// Creates `chat:<id>` with these members, replacing any earlier list.
+pub fn create_chat_in(conn: &mut impl redis::ConnectionLike, chat: u64, members: &[u64]) {
+    let key = format!("chat:{chat}");
+    let _: () = redis::cmd("DEL").arg(&key).query(conn).expect("DEL chat");
+    let _: () = redis::cmd("RPUSH")
+        .arg(&key)
+        .arg(members)
+        .query(conn)
+        .expect("RPUSH chat");
+}
+
 /// Number of entries pending in a user's device group (`XPENDING` summary).
 pub fn pending_in(conn: &mut impl redis::ConnectionLike, user: u64, device: &str) -> u64 {
     let reply: redis::Value = redis::cmd("XPENDING")

@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::{START_ATTEMPTS, command, free_port, pending_in, process_id_in, wait_for_own_redis};
+use super::{START_ATTEMPTS, free_port, process_id_in, wait_for_own_redis};
 
 /// A private `redis-server` on a free port, in its own temporary directory.
 pub struct RedisNode {
@@ -85,37 +85,6 @@ impl RedisNode {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection())
             .expect("connect to test redis")
-    }
-
-    /// Runs one command and returns its reply.
-    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        command(args)
-            .query(&mut self.conn())
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-
-    /// Creates `chat:<id>` with these members.
-    pub fn create_chat(&self, chat: u64, members: &[u64]) {
-        let key = format!("chat:{chat}");
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .query(&mut self.conn())
-            .expect("DEL chat");
-        let _: () = redis::cmd("RPUSH")
-            .arg(&key)
-            .arg(members)
-            .query(&mut self.conn())
-            .expect("RPUSH chat");
-    }
-
-    /// `XLEN key` (0 for a missing key).
-    pub fn xlen(&self, key: &str) -> u64 {
-        self.cmd(&["XLEN", key])
-    }
-
-    /// Number of entries pending in a user's device group.
-    pub fn pending(&self, user: u64, device: &str) -> u64 {
-        pending_in(&mut self.conn(), user, device)
     }
 
     /// Kills the server (SIGKILL) and reaps it.
