@@ -34,8 +34,8 @@ struct Shared {
     client: ClusterClient,
     config: ClusterConfig,
     current: RwLock<ClusterConnection>,
-    /// When the connection was last created; `None` never blocks a replacement.
-    created: Mutex<Option<Instant>>,
+    /// When the current connection was created.
+    created: Mutex<Instant>,
 }
 
 impl HealingCluster {
@@ -49,7 +49,7 @@ impl HealingCluster {
                 client,
                 config,
                 current: RwLock::new(current),
-                created: Mutex::new(Some(Instant::now())),
+                created: Mutex::new(Instant::now()),
             }),
         }
     }
@@ -73,7 +73,7 @@ impl HealingCluster {
             Ok(created) => created,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if created.is_some_and(|at| at.elapsed() < REPLACE_INTERVAL) {
+        if created.elapsed() < REPLACE_INTERVAL {
             return;
         }
         let fresh = self
@@ -84,7 +84,7 @@ impl HealingCluster {
             Ok(mut conn) => *conn = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
-        *created = Some(Instant::now());
+        *created = Instant::now();
         tracing::warn!("cluster connection found no node; replaced it with a fresh one");
     }
 }
