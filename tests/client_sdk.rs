@@ -1,0 +1,745 @@
+//! The Rust SDK (`courier-client`'s `Client`) against a real courier and a real
+//! Redis: sends resolve on ack, deliveries reach the app once and are acked only
+//! after the app acks them, nothing acked is lost or doubled across a courier
+//! SIGKILL, tokens are refreshed on 401 and 4001, error codes surface as typed
+//! errors or retries, and the persistent outbox keeps its promises across a restart
+//! of the client.
+//!
+//! Faults are made deterministic with Redis itself: `CLIENT PAUSE WRITE` holds
+//! courier's send script in Redis (visible in `CLIENT LIST`), SIGSTOP freezes courier
+//! while the script runs, and SIGKILL then loses the ack of a batch that *was*
+//! written: only a resend with the same `time_key` keeps it from being written twice.
+//! These tests run against a single Redis (`CLIENT PAUSE` is per node).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use courier_client::{
+    Backoff, Client, ClientBuilder, ConnectionState, Deliveries, Delivery, Disconnect, ErrorCode,
+    Event, SendError,
+};
+use serde_json::json;
+use support::{RedisServer, SECRET, WAIT, free_port, token, token_with, wait_for};
+use tokio::sync::broadcast;
+
+/// A courier that can be killed and started again **on the same port**, so that a
+/// client reconnects to the same URL (the harness's `Courier` takes a new port for
+/// each process).
+struct RestartableCourier {
+    addr: SocketAddr,
+    redis_url: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RestartableCourier {
+    fn start(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
+        let mut courier = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            redis_url: redis.url(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        for _ in 0..5 {
+            courier.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            if courier.spawn() {
+                return courier;
+            }
+        }
+        panic!("courier did not start on 5 free ports");
+    }
+
+    /// Starts courier on `self.addr`; false if the port turned out to be taken.
+    fn spawn(&mut self) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        command
+            .env_clear()
+            .env("COURIER_LISTEN", self.addr.to_string())
+            .env("COURIER_REDIS_URL", &self.redis_url)
+            .env("COURIER_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "courier=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut child = command.spawn().expect("spawn courier");
+        let deadline = Instant::now() + WAIT;
+        while !answers_healthz(self.addr) {
+            if !matches!(child.try_wait(), Ok(None)) {
+                let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                assert!(
+                    text.contains("Address already in use"),
+                    "courier exited at start:\n{text}"
+                );
+                return false;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for courier");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+        true
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("courier.log")
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("courier runs").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} courier");
+    }
+
+    /// SIGKILL, and reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts courier again on the same port.
+    fn restart(&mut self) {
+        self.kill();
+        assert!(self.spawn(), "courier could not restart on {}", self.addr);
+    }
+}
+
+impl Drop for RestartableCourier {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- last lines of courier {} ---\n{tail}", self.addr);
+        }
+    }
+}
+
+fn answers_healthz(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 12];
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .and_then(|()| stream.read_exact(&mut reply))
+        .is_ok_and(|()| reply.starts_with(b"HTTP/1.1 200"))
+}
+
+const ALICE: u64 = 1;
+const BOB: u64 = 2;
+const CHAT: u64 = 10;
+
+/// A Redis with chat 10 = {alice, bob}.
+fn redis_with_chat() -> RedisServer {
+    let redis = RedisServer::start();
+    redis.create_chat(CHAT, &[ALICE, BOB]);
+    redis
+}
+
+/// A client of `user` with a fast backoff (reconnects within a second).
+fn client_of(url: &str, user: u64) -> ClientBuilder {
+    Client::builder(url).token(token(user)).backoff(FAST)
+}
+
+const FAST: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    cap: Duration::from_secs(1),
+};
+
+async fn wait_open(client: &Client) {
+    let mut state = client.state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == ConnectionState::Open))
+        .await
+        .expect("timed out waiting for the client to connect")
+        .expect("the client stopped");
+}
+
+async fn next_delivery(deliveries: &mut Deliveries) -> Delivery {
+    tokio::time::timeout(WAIT, deliveries.recv())
+        .await
+        .expect("timed out waiting for a delivery")
+        .expect("the client stopped")
+}
+
+/// Receives and acks deliveries until `count` messages arrived; their texts.
+async fn receive_texts(deliveries: &mut Deliveries, count: usize) -> Vec<String> {
+    let mut texts = Vec::new();
+    while texts.len() < count {
+        let delivery = next_delivery(deliveries).await;
+        texts.extend(delivery.messages.iter().map(|m| m.content_text.clone()));
+        delivery.ack();
+    }
+    assert_eq!(
+        texts.len(),
+        count,
+        "no more than {count} messages: {texts:?}"
+    );
+    texts
+}
+
+/// Sends `marker` from `sender` and asserts it is the next thing the app of
+/// `deliveries` gets: whatever should not reach the app did not.
+async fn assert_next_is_only(sender: &Client, deliveries: &mut Deliveries, marker: &str) {
+    sender.send(CHAT, marker).await.expect("marker acked");
+    let delivery = next_delivery(deliveries).await;
+    let texts: Vec<&str> = delivery
+        .messages
+        .iter()
+        .map(|m| m.content_text.as_str())
+        .collect();
+    assert_eq!(texts, [marker], "nothing reached the app before the marker");
+    delivery.ack();
+}
+
+async fn wait_event(
+    events: &mut broadcast::Receiver<Event>,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> Event {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => panic!("timed out waiting for {what}"),
+            Ok(Ok(event)) if matches(&event) => return event,
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) => panic!("no more events: {what}"),
+        }
+    }
+}
+
+fn inbox_len(redis: &RedisServer, user: u64) -> u64 {
+    redis.xlen(&format!("inbox:{{user:{user}}}"))
+}
+
+/// Whether courier's send script is held in Redis by `CLIENT PAUSE WRITE`.
+fn send_script_paused(redis: &RedisServer) -> bool {
+    let clients: String = redis.cmd(&["CLIENT", "LIST"]);
+    clients
+        .lines()
+        .any(|c| c.contains(" flags=b ") && c.contains(" cmd=eval"))
+}
+
+/// Makes courier write a batch and lose its ack: the send script is held by
+/// `CLIENT PAUSE WRITE`, courier is frozen (SIGSTOP), the script runs, and courier is
+/// SIGKILLed before it could answer. `send` must queue the batch.
+async fn write_then_kill_courier(
+    redis: &RedisServer,
+    courier: &mut RestartableCourier,
+    inbox_of: u64,
+    send: impl FnOnce(),
+) {
+    let before = inbox_len(redis, inbox_of);
+    redis.cmd::<String>(&["CLIENT", "PAUSE", "30000", "WRITE"]);
+    send();
+    wait_for(
+        || send_script_paused(redis),
+        "courier's send script held in Redis",
+    )
+    .await;
+    courier.signal("STOP");
+    redis.cmd::<String>(&["CLIENT", "UNPAUSE"]);
+    wait_for(
+        || inbox_len(redis, inbox_of) == before + 1,
+        "the held batch written",
+    )
+    .await;
+    courier.kill();
+}
+
+#[tokio::test]
+async fn sends_resolve_on_ack_and_each_message_reaches_the_app_once() {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), &[]);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    let (_bob, mut bob_deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+
+    let sends: Vec<_> = (0..5).map(|i| alice.send(CHAT, format!("m{i}"))).collect();
+    for (i, sent) in futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let acked = sent.unwrap_or_else(|e| panic!("m{i}: {e}"));
+        assert!(acked.time_key < 1 << 53, "time_key below 2^53");
+    }
+    assert_eq!(inbox_len(&redis, BOB), 5, "written once each");
+
+    let texts = receive_texts(&mut bob_deliveries, 5).await;
+    assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"], "in order");
+    support::wait_for_pending(&redis, BOB, "default", 0).await;
+}
+
+#[tokio::test]
+async fn messages_queued_together_go_in_batches_up_to_the_limit() {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), &[]);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .batch_max(100)
+        .connect()
+        .expect("alice");
+    // A current-thread runtime: the client's task runs only once the test awaits,
+    // so all 250 sends are queued before the first batch is formed.
+    let sends: Vec<_> = (0..250)
+        .map(|i| alice.send(CHAT, format!("m{i}")))
+        .collect();
+    let acks = futures_util::future::join_all(sends).await;
+    let mut per_batch = std::collections::BTreeMap::new();
+    for acked in acks {
+        *per_batch.entry(acked.expect("acked").time_key).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_batch.values().copied().collect::<Vec<_>>(),
+        [100, 100, 50],
+        "three batches, in order"
+    );
+    assert_eq!(inbox_len(&redis, BOB), 250);
+}
+
+#[tokio::test]
+async fn a_delivery_is_acked_only_after_the_app_acks_it() {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), &[("COURIER_ACK_TIMEOUT_MS", "1000")]);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    let (bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    let mut events = bob.events();
+
+    alice.send(CHAT, "dropped").await.expect("acked");
+    let first = next_delivery(&mut deliveries).await;
+    let id = first.messages[0].id;
+    drop(first);
+    wait_event(&mut events, "the drop reported", |e| {
+        *e == Event::DeliveryNotAcked { ids: vec![id] }
+    })
+    .await;
+    // Not acked, so courier redelivers it after its ack timeout, and the app gets it
+    // again: it never had it.
+    let again = next_delivery(&mut deliveries).await;
+    assert_eq!(again.messages[0].id, id, "the dropped message comes back");
+    assert_eq!(
+        redis.pending(BOB, "default"),
+        1,
+        "unacked while the app holds it"
+    );
+    again.ack();
+    support::wait_for_pending(&redis, BOB, "default", 0).await;
+}
+
+#[tokio::test]
+async fn a_redelivery_while_the_app_holds_a_delivery_is_not_handed_over_twice() {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), &[("COURIER_ACK_TIMEOUT_MS", "500")]);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    let (bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    let mut events = bob.events();
+
+    alice.send(CHAT, "slow to process").await.expect("acked");
+    let held = next_delivery(&mut deliveries).await;
+    let id = held.messages[0].id;
+    // The app takes longer than courier's ack timeout: courier delivers it again.
+    wait_event(&mut events, "the redelivery dropped", |e| {
+        *e == Event::DuplicatesDropped { ids: vec![id] }
+    })
+    .await;
+    held.ack();
+    support::wait_for_pending(&redis, BOB, "default", 0).await;
+    assert_next_is_only(&alice, &mut deliveries, "next").await;
+}
+
+/// Scenario of the two tests below: bob's app acks a message but courier never gets
+/// the ack (frozen, then killed); after the restart courier delivers it again, and
+/// the client drops it by id: the app does not see it twice. With `outbox`, bob's
+/// client is also restarted, and the seen ids come from the file.
+async fn ack_lost_then_redelivered(outbox: bool) {
+    let redis = redis_with_chat();
+    let env = [("COURIER_ACK_TIMEOUT_MS", "1000")];
+    let mut courier = RestartableCourier::start(&redis, &env);
+    let url = courier.ws_url();
+    let dir = tempfile::tempdir().expect("dir");
+    let bob_client = || {
+        let builder = client_of(&url, BOB);
+        let builder = if outbox {
+            builder.outbox_file(dir.path().join("bob.outbox"))
+        } else {
+            builder
+        };
+        builder.connect().expect("bob")
+    };
+    let (alice, _) = client_of(&url, ALICE).connect().expect("alice");
+    let (mut bob, mut deliveries) = bob_client();
+    let mut events = bob.events();
+
+    alice.send(CHAT, "once").await.expect("acked");
+    let delivery = next_delivery(&mut deliveries).await;
+    let id = delivery.messages[0].id;
+    courier.signal("STOP");
+    delivery.ack();
+    if outbox {
+        bob.close().await;
+    }
+    courier.restart();
+    if outbox {
+        (bob, deliveries) = bob_client();
+        events = bob.events();
+    }
+    wait_event(&mut events, "the redelivery dropped by id", |e| {
+        *e == Event::DuplicatesDropped { ids: vec![id] }
+    })
+    .await;
+    assert_next_is_only(&alice, &mut deliveries, "after").await;
+    support::wait_for_pending(&redis, BOB, "default", 0).await;
+}
+
+#[tokio::test]
+async fn a_redelivery_after_a_reconnect_is_dropped_by_id() {
+    ack_lost_then_redelivered(false).await;
+}
+
+#[tokio::test]
+async fn seen_ids_in_the_outbox_drop_a_redelivery_after_a_client_restart() {
+    ack_lost_then_redelivered(true).await;
+}
+
+#[tokio::test]
+async fn every_acked_message_arrives_once_across_a_courier_sigkill() {
+    let redis = redis_with_chat();
+    let mut courier = RestartableCourier::start(&redis, &[("COURIER_ACK_TIMEOUT_MS", "1000")]);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    let (_bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    let mut sends = Vec::new();
+    for i in 0..20 {
+        sends.push(tokio::spawn(alice.send(CHAT, format!("before-{i}"))));
+    }
+    for send in sends.drain(..) {
+        send.await.expect("task").expect("acked");
+    }
+
+    // A batch courier writes but never acks: the resend must carry the same
+    // time_key, or it is written twice.
+    write_then_kill_courier(&redis, &mut courier, BOB, || {
+        sends.push(tokio::spawn(alice.send(CHAT, "in-flight")));
+    })
+    .await;
+    for i in 0..20 {
+        sends.push(tokio::spawn(alice.send(CHAT, format!("after-{i}"))));
+    }
+    courier.restart();
+    for send in sends {
+        send.await.expect("task").expect("acked after the restart");
+    }
+
+    let mut expected: Vec<String> = (0..20).map(|i| format!("before-{i}")).collect();
+    expected.push("in-flight".into());
+    expected.extend((0..20).map(|i| format!("after-{i}")));
+    assert_eq!(inbox_len(&redis, BOB), 41, "every message written once");
+    let texts = receive_texts(&mut deliveries, 41).await;
+    assert_eq!(texts, expected, "each once, in order");
+    assert_next_is_only(&alice, &mut deliveries, "end").await;
+}
+
+#[tokio::test]
+async fn a_token_refused_with_401_is_fetched_again() {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), &[]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let (alice, _) = Client::builder(courier.ws_url())
+        .backoff(FAST)
+        .token_provider(move || {
+            let now = jsonwebtoken::get_current_timestamp();
+            // The first token expired a minute ago (beyond courier's 5 s leeway).
+            let exp = match counter.fetch_add(1, Ordering::SeqCst) {
+                0 => now - 60,
+                _ => now + 3600,
+            };
+            let token = token_with(json!({"id": ALICE, "username": "alice", "exp": exp}));
+            async move { Ok::<_, std::io::Error>(token) }
+        })
+        .connect()
+        .expect("alice");
+    let mut events = alice.events();
+    wait_event(&mut events, "the 401", |e| {
+        matches!(e, Event::State(ConnectionState::Reconnecting {
+            reason: Disconnect::Refused(refusal), ..
+        }) if refusal.status == 401)
+    })
+    .await;
+    wait_open(&alice).await;
+    alice.send(CHAT, "hi").await.expect("acked");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "fetched again once");
+}
+
+#[tokio::test]
+async fn a_fixed_token_refused_with_401_closes_the_client() {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), &[]);
+    let expired = token_with(json!({"id": ALICE, "username": "alice", "exp": 1_000_000}));
+    let (alice, _) = Client::builder(courier.ws_url())
+        .token(expired)
+        .connect()
+        .expect("alice");
+    let sent = alice.send(CHAT, "never").await;
+    let Err(SendError::Closed(Disconnect::Refused(refusal))) = sent else {
+        panic!("expected a 401 refusal, got {sent:?}");
+    };
+    assert_eq!(refusal.status, 401);
+    assert_eq!(refusal.error.as_deref(), Some("invalid_token"));
+    assert!(matches!(
+        *alice.state().borrow(),
+        ConnectionState::Closed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_token_that_expires_while_open_is_refreshed_after_4001() {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), &[]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let (alice, _) = Client::builder(courier.ws_url())
+        .backoff(FAST)
+        .token_provider(move || {
+            let lifetime = match counter.fetch_add(1, Ordering::SeqCst) {
+                0 => 2,
+                _ => 3600,
+            };
+            let exp = jsonwebtoken::get_current_timestamp() + lifetime;
+            let token = token_with(json!({"id": ALICE, "username": "alice", "exp": exp}));
+            async move { Ok::<_, std::io::Error>(token) }
+        })
+        .connect()
+        .expect("alice");
+    let mut events = alice.events();
+    wait_event(&mut events, "the 4001 close", |e| {
+        matches!(e, Event::State(ConnectionState::Reconnecting {
+            reason: Disconnect::Closed(close), ..
+        }) if close.code == courier_client::CloseCode::TokenExpired)
+    })
+    .await;
+    wait_event(&mut events, "open again", |e| {
+        *e == Event::State(ConnectionState::Open)
+    })
+    .await;
+    alice.send(CHAT, "with the new token").await.expect("acked");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh");
+}
+
+#[tokio::test]
+async fn not_a_member_rejects_that_send_and_the_others_go_through() {
+    let redis = redis_with_chat();
+    redis.create_chat(20, &[BOB, 3]);
+    let courier = support::Courier::start(&redis.url(), &[]);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    let mut events = alice.events();
+    let refused = alice.send(20, "not mine").await;
+    let Err(SendError::Rejected { code, message }) = refused else {
+        panic!("expected a rejection, got {refused:?}");
+    };
+    assert_eq!(code, ErrorCode::NotAMember);
+    assert!(message.contains("member"), "{message}");
+    wait_event(&mut events, "the rejected batch", |e| {
+        matches!(e, Event::BatchRejected { error, messages: 1, .. } if error.code == ErrorCode::NotAMember)
+    })
+    .await;
+    alice.send(CHAT, "mine").await.expect("acked");
+    assert_eq!(inbox_len(&redis, BOB), 1, "only the allowed message");
+}
+
+#[tokio::test]
+async fn limits_lower_on_the_server_surface_as_invalid_frame() {
+    let redis = redis_with_chat();
+    let env = [("COURIER_MAX_TEXT_BYTES", "16"), ("COURIER_BATCH_MAX", "2")];
+    let courier = support::Courier::start(&redis.url(), &env);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    wait_open(&alice).await;
+    let long = alice.send(CHAT, "x".repeat(17)).await;
+    assert!(
+        matches!(
+            &long,
+            Err(SendError::Rejected {
+                code: ErrorCode::InvalidFrame,
+                ..
+            })
+        ),
+        "{long:?}"
+    );
+    // Three messages queued together form one batch of three: all-or-nothing.
+    let three: Vec<_> = (0..3).map(|i| alice.send(CHAT, format!("m{i}"))).collect();
+    for sent in futures_util::future::join_all(three).await {
+        assert!(
+            matches!(
+                &sent,
+                Err(SendError::Rejected {
+                    code: ErrorCode::InvalidFrame,
+                    ..
+                })
+            ),
+            "{sent:?}"
+        );
+    }
+    assert_eq!(inbox_len(&redis, BOB), 0, "nothing written");
+    let text_limit = alice.send(CHAT, "x".repeat(4097)).await;
+    assert_eq!(
+        text_limit,
+        Err(SendError::TextTooLong {
+            bytes: 4097,
+            max: 4096
+        }),
+        "the client's own limit is checked locally"
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_batches_are_retried_and_written_once() {
+    let redis = redis_with_chat();
+    let env = [
+        ("COURIER_RATE_LIMIT_FPS", "4"),
+        ("COURIER_RATE_LIMIT_BURST", "2"),
+        ("COURIER_MAX_CLIENT_ERRORS", "1000"),
+    ];
+    let courier = support::Courier::start(&redis.url(), &env);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .batch_max(1)
+        .backoff(Backoff {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(1),
+        })
+        .connect()
+        .expect("alice");
+    let (_bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    let mut events = alice.events();
+    let sends: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(alice.send(CHAT, format!("m{i}"))))
+        .collect();
+    wait_event(
+        &mut events,
+        "a rate_limited answer",
+        |e| matches!(e, Event::ServerError(error) if error.code == ErrorCode::RateLimited),
+    )
+    .await;
+    for send in sends {
+        send.await.expect("task").expect("acked in the end");
+    }
+    assert_eq!(inbox_len(&redis, BOB), 8, "each written once");
+    let mut texts = receive_texts(&mut deliveries, 8).await;
+    texts.sort();
+    assert_eq!(texts, (0..8).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_until_redis_is_back_and_written_once() {
+    let mut redis = RedisServer::start_persistent();
+    redis.create_chat(CHAT, &[ALICE, BOB]);
+    let courier = support::Courier::start(&redis.url(), &[]);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    let (_bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    wait_open(&alice).await;
+    let mut events = alice.events();
+
+    redis.kill();
+    let sent = tokio::spawn(alice.send(CHAT, "through the outage"));
+    wait_event(
+        &mut events,
+        "an unavailable answer",
+        |e| matches!(e, Event::ServerError(error) if error.code == ErrorCode::Unavailable),
+    )
+    .await;
+    redis.restart();
+    sent.await.expect("task").expect("acked once Redis is back");
+    assert_eq!(inbox_len(&redis, BOB), 1, "written once");
+    assert_eq!(
+        receive_texts(&mut deliveries, 1).await,
+        ["through the outage"]
+    );
+    assert_next_is_only(&alice, &mut deliveries, "end").await;
+}
+
+#[tokio::test]
+async fn the_outbox_resends_after_a_client_restart_and_delivers_exactly_once() {
+    let redis = redis_with_chat();
+    let mut courier = RestartableCourier::start(&redis, &[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let outbox = dir.path().join("alice.outbox");
+    let (_bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .outbox_file(&outbox)
+        .connect()
+        .expect("alice");
+    alice.send(CHAT, "acked").await.expect("acked");
+
+    // Written by courier, never acked to alice: stored with its time_key.
+    let mut in_flight = None;
+    write_then_kill_courier(&redis, &mut courier, BOB, || {
+        in_flight = Some(alice.send(CHAT, "in-flight"));
+    })
+    .await;
+    // Sent while courier is down: stored before any batch is formed.
+    let offline = alice.send(CHAT, "offline");
+    alice.close().await;
+    for pending in [in_flight.expect("sent"), offline] {
+        assert!(
+            matches!(
+                pending.await,
+                Err(SendError::Closed(Disconnect::ClosedByApp))
+            ),
+            "not acked before the close"
+        );
+    }
+
+    courier.restart();
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .outbox_file(&outbox)
+        .connect()
+        .expect("alice again");
+    let texts = receive_texts(&mut deliveries, 3).await;
+    assert_eq!(
+        texts,
+        ["acked", "in-flight", "offline"],
+        "each once, in order"
+    );
+    assert_next_is_only(&alice, &mut deliveries, "end").await;
+    assert_eq!(
+        inbox_len(&redis, BOB),
+        4,
+        "the stored batch was not written twice"
+    );
+}
