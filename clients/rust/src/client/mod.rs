@@ -29,7 +29,7 @@ pub use backoff::Backoff;
 pub use config::{ClientBuilder, Settings};
 pub use events::{Acked, ConnectionState, Disconnect, Disposition, Event, SendError};
 pub use outbox_file::OutboxError;
-pub use token::{BoxError, TokenError, TokenSource};
+pub use token::{BoxError, TokenError, TokenSource, user_id};
 
 use engine::{Command, Engine};
 
