@@ -1,6 +1,8 @@
-//! A Rust client for [courier](../../README.md), the WebSocket gateway that delivers
-//! chat messages through Redis Streams consumer groups. Written from the contract
-//! (`docs/DESIGN.md`) only: it does not depend on the server crate.
+//! A Rust client for courier, the WebSocket gateway that delivers chat messages
+//! through Redis Streams consumer groups. Written from the contract
+//! (`docs/DESIGN.md`) only: it does not depend on the server crate. The crate's
+//! README has the whole API on one page, with what each error and close code makes
+//! the client do and what exactly-once into the app costs.
 //!
 //! Two layers:
 //!

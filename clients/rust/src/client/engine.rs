@@ -528,7 +528,8 @@ impl Engine {
         result.map_err(|e| Disconnect::Outbox(e.to_string()))
     }
 
-    /// Fails every waiting send, publishes the final state, answers `close()`.
+    /// Publishes the final state, fails every waiting send (a send that raced the
+    /// stop was not stored in the outbox), answers `close()`.
     fn finish(&mut self, reason: Disconnect) {
         if !matches!(reason, Disconnect::Outbox(_)) {
             let _ = self.persist();
@@ -537,6 +538,10 @@ impl Engine {
         for waiter in self.outbound.drain_waiters() {
             let _ = waiter.send(Err(failure.clone()));
         }
+        // The state first: a send that finds the channel closed reads the reason.
+        self.set_state(ConnectionState::Closed {
+            reason: reason.clone(),
+        });
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
             match command {
@@ -547,7 +552,6 @@ impl Engine {
                 Command::Ack(_) | Command::Drop(_) => {}
             }
         }
-        self.set_state(ConnectionState::Closed { reason });
         for done in self.closers.drain(..) {
             let _ = done.send(());
         }

@@ -130,7 +130,8 @@ pub enum SendError {
         message: String,
     },
     /// The client stopped before courier acked the message. With a persistent outbox
-    /// the message stays stored and is sent when a client opens the outbox again.
+    /// a message the client took before it stopped stays stored, and is sent when a
+    /// client opens the outbox again.
     #[error("the client stopped before the ack: {0}")]
     Closed(Disconnect),
 }

@@ -2,7 +2,7 @@
 //! batches and resends the app's messages until courier acks them, and hands
 //! delivered messages to the app once each, acking them only after the app does.
 //!
-//! The task ([`engine`]) is the only owner of the state; the app talks to it through
+//! The task (`engine.rs`) is the only owner of the state; the app talks to it through
 //! a channel of commands ([`Client::send`], [`Delivery::ack`], [`Client::close`]) and
 //! hears from it through a channel of deliveries ([`Deliveries`]), a `watch` of the
 //! connection state and a broadcast of [`Event`]s.
