@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_client::{
-    Backoff, Client, ClientBuilder, ConnectionState, Deliveries, Delivery, Disconnect, ErrorCode,
-    Event, SendError,
+    Acked, Backoff, Client, ClientBuilder, ConnectionState, Deliveries, Delivery, Disconnect,
+    ErrorCode, Event, SendError,
 };
 use serde_json::json;
 use support::{RedisServer, SECRET, WAIT, free_port, token, token_with, wait_for};
@@ -172,6 +172,62 @@ const FAST: Backoff = Backoff {
     cap: Duration::from_secs(1),
 };
 
+/// alice's and bob's clients on a courier started with `env` (bind every field: one
+/// left to `..` is dropped at once, and with it its process or client).
+struct TwoUsers {
+    redis: RedisServer,
+    _courier: support::Courier,
+    alice: Client,
+    bob: Client,
+    bob_deliveries: Deliveries,
+}
+
+fn two_users(env: &[(&str, &str)]) -> TwoUsers {
+    let redis = redis_with_chat();
+    let courier = support::Courier::start(&redis.url(), env);
+    let (alice, _) = client_of(&courier.ws_url(), ALICE)
+        .connect()
+        .expect("alice");
+    let (bob, bob_deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    TwoUsers {
+        redis,
+        _courier: courier,
+        alice,
+        bob,
+        bob_deliveries,
+    }
+}
+
+/// courier's answer to a send, within [`WAIT`].
+async fn outcome(send: impl Future<Output = Result<Acked, SendError>>) -> Result<Acked, SendError> {
+    tokio::time::timeout(WAIT, send)
+        .await
+        .expect("timed out waiting for courier's answer to a send")
+}
+
+/// courier's answers to sends, in order, within [`WAIT`].
+async fn outcomes<F: Future<Output = Result<Acked, SendError>>>(
+    sends: Vec<F>,
+) -> Vec<Result<Acked, SendError>> {
+    tokio::time::timeout(WAIT, futures_util::future::join_all(sends))
+        .await
+        .expect("timed out waiting for courier's answers to sends")
+}
+
+/// Asserts a send is acked within [`WAIT`].
+async fn acked(send: impl Future<Output = Result<Acked, SendError>>) -> Acked {
+    outcome(send)
+        .await
+        .unwrap_or_else(|e| panic!("not acked: {e}"))
+}
+
+/// Closes a client, within [`WAIT`].
+async fn close(client: &Client) {
+    tokio::time::timeout(WAIT, client.close())
+        .await
+        .expect("timed out closing a client");
+}
+
 async fn wait_open(client: &Client) {
     let mut state = client.state();
     tokio::time::timeout(WAIT, state.wait_for(|s| *s == ConnectionState::Open))
@@ -206,7 +262,7 @@ async fn receive_texts(deliveries: &mut Deliveries, count: usize) -> Vec<String>
 /// Sends `marker` from `sender` and asserts it is the next thing the app of
 /// `deliveries` gets: whatever should not reach the app did not.
 async fn assert_next_is_only(sender: &Client, deliveries: &mut Deliveries, marker: &str) {
-    sender.send(CHAT, marker).await.expect("marker acked");
+    acked(sender.send(CHAT, marker)).await;
     let delivery = next_delivery(deliveries).await;
     let texts: Vec<&str> = delivery
         .messages
@@ -283,19 +339,15 @@ async fn write_then_kill_courier(
 
 #[tokio::test]
 async fn sends_resolve_on_ack_and_each_message_reaches_the_app_once() {
-    let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), &[]);
-    let (alice, _) = client_of(&courier.ws_url(), ALICE)
-        .connect()
-        .expect("alice");
-    let (_bob, mut bob_deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
-
+    let TwoUsers {
+        redis,
+        _courier,
+        alice,
+        bob: _bob,
+        mut bob_deliveries,
+    } = two_users(&[]);
     let sends: Vec<_> = (0..5).map(|i| alice.send(CHAT, format!("m{i}"))).collect();
-    for (i, sent) in futures_util::future::join_all(sends)
-        .await
-        .into_iter()
-        .enumerate()
-    {
+    for (i, sent) in outcomes(sends).await.into_iter().enumerate() {
         let acked = sent.unwrap_or_else(|e| panic!("m{i}: {e}"));
         assert!(acked.time_key < 1 << 53, "time_key below 2^53");
     }
@@ -319,7 +371,7 @@ async fn messages_queued_together_go_in_batches_up_to_the_limit() {
     let sends: Vec<_> = (0..250)
         .map(|i| alice.send(CHAT, format!("m{i}")))
         .collect();
-    let acks = futures_util::future::join_all(sends).await;
+    let acks = outcomes(sends).await;
     let mut per_batch = std::collections::BTreeMap::new();
     for acked in acks {
         *per_batch.entry(acked.expect("acked").time_key).or_insert(0) += 1;
@@ -334,15 +386,16 @@ async fn messages_queued_together_go_in_batches_up_to_the_limit() {
 
 #[tokio::test]
 async fn a_delivery_is_acked_only_after_the_app_acks_it() {
-    let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), &[("COURIER_ACK_TIMEOUT_MS", "1000")]);
-    let (alice, _) = client_of(&courier.ws_url(), ALICE)
-        .connect()
-        .expect("alice");
-    let (bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    let TwoUsers {
+        redis,
+        _courier,
+        alice,
+        bob,
+        bob_deliveries: mut deliveries,
+    } = two_users(&[("COURIER_ACK_TIMEOUT_MS", "1000")]);
     let mut events = bob.events();
 
-    alice.send(CHAT, "dropped").await.expect("acked");
+    acked(alice.send(CHAT, "dropped")).await;
     let first = next_delivery(&mut deliveries).await;
     let id = first.messages[0].id;
     drop(first);
@@ -365,15 +418,16 @@ async fn a_delivery_is_acked_only_after_the_app_acks_it() {
 
 #[tokio::test]
 async fn a_redelivery_while_the_app_holds_a_delivery_is_not_handed_over_twice() {
-    let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), &[("COURIER_ACK_TIMEOUT_MS", "500")]);
-    let (alice, _) = client_of(&courier.ws_url(), ALICE)
-        .connect()
-        .expect("alice");
-    let (bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
+    let TwoUsers {
+        redis,
+        _courier,
+        alice,
+        bob,
+        bob_deliveries: mut deliveries,
+    } = two_users(&[("COURIER_ACK_TIMEOUT_MS", "500")]);
     let mut events = bob.events();
 
-    alice.send(CHAT, "slow to process").await.expect("acked");
+    acked(alice.send(CHAT, "slow to process")).await;
     let held = next_delivery(&mut deliveries).await;
     let id = held.messages[0].id;
     // The app takes longer than courier's ack timeout: courier delivers it again.
@@ -409,13 +463,13 @@ async fn ack_lost_then_redelivered(outbox: bool) {
     let (mut bob, mut deliveries) = bob_client();
     let mut events = bob.events();
 
-    alice.send(CHAT, "once").await.expect("acked");
+    acked(alice.send(CHAT, "once")).await;
     let delivery = next_delivery(&mut deliveries).await;
     let id = delivery.messages[0].id;
     courier.signal("STOP");
     delivery.ack();
     if outbox {
-        bob.close().await;
+        close(&bob).await;
     }
     courier.restart();
     if outbox {
@@ -450,10 +504,10 @@ async fn every_acked_message_arrives_once_across_a_courier_sigkill() {
     let (_bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
     let mut sends = Vec::new();
     for i in 0..20 {
-        sends.push(tokio::spawn(alice.send(CHAT, format!("before-{i}"))));
+        sends.push(alice.send(CHAT, format!("before-{i}")));
     }
     for send in sends.drain(..) {
-        send.await.expect("task").expect("acked");
+        acked(send).await;
     }
     let before: Vec<String> = (0..20).map(|i| format!("before-{i}")).collect();
     assert_eq!(receive_texts(&mut deliveries, 20).await, before);
@@ -462,15 +516,15 @@ async fn every_acked_message_arrives_once_across_a_courier_sigkill() {
     // A batch courier writes but never acks: the resend must carry the same
     // time_key, or it is written twice.
     write_then_kill_courier(&redis, &mut courier, BOB, || {
-        sends.push(tokio::spawn(alice.send(CHAT, "in-flight")));
+        sends.push(alice.send(CHAT, "in-flight".to_string()));
     })
     .await;
     for i in 0..20 {
-        sends.push(tokio::spawn(alice.send(CHAT, format!("after-{i}"))));
+        sends.push(alice.send(CHAT, format!("after-{i}")));
     }
     courier.restart();
     for send in sends {
-        send.await.expect("task").expect("acked after the restart");
+        acked(send).await;
     }
 
     let mut expected = vec!["in-flight".to_string()];
@@ -509,7 +563,7 @@ async fn a_token_refused_with_401_is_fetched_again() {
     })
     .await;
     wait_open(&alice).await;
-    alice.send(CHAT, "hi").await.expect("acked");
+    acked(alice.send(CHAT, "hi")).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2, "fetched again once");
 }
 
@@ -522,7 +576,7 @@ async fn a_fixed_token_refused_with_401_closes_the_client() {
         .token(expired)
         .connect()
         .expect("alice");
-    let sent = alice.send(CHAT, "never").await;
+    let sent = outcome(alice.send(CHAT, "never")).await;
     let Err(SendError::Closed(Disconnect::Refused(refusal))) = sent else {
         panic!("expected a 401 refusal, got {sent:?}");
     };
@@ -575,7 +629,7 @@ async fn a_token_that_expires_while_open_is_refreshed_after_4001() {
             _ => {}
         }
     }
-    alice.send(CHAT, "with the new token").await.expect("acked");
+    acked(alice.send(CHAT, "with the new token")).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh");
 }
 
@@ -588,7 +642,7 @@ async fn not_a_member_rejects_that_send_and_the_others_go_through() {
         .connect()
         .expect("alice");
     let mut events = alice.events();
-    let refused = alice.send(20, "not mine").await;
+    let refused = outcome(alice.send(20, "not mine")).await;
     let Err(SendError::Rejected { code, message }) = refused else {
         panic!("expected a rejection, got {refused:?}");
     };
@@ -598,7 +652,7 @@ async fn not_a_member_rejects_that_send_and_the_others_go_through() {
         matches!(e, Event::BatchRejected { error, messages: 1, .. } if error.code == ErrorCode::NotAMember)
     })
     .await;
-    alice.send(CHAT, "mine").await.expect("acked");
+    acked(alice.send(CHAT, "mine")).await;
     assert_eq!(inbox_len(&redis, BOB), 1, "only the allowed message");
 }
 
@@ -611,7 +665,7 @@ async fn limits_lower_on_the_server_surface_as_invalid_frame() {
         .connect()
         .expect("alice");
     wait_open(&alice).await;
-    let long = alice.send(CHAT, "x".repeat(17)).await;
+    let long = outcome(alice.send(CHAT, "x".repeat(17))).await;
     assert!(
         matches!(
             &long,
@@ -624,7 +678,7 @@ async fn limits_lower_on_the_server_surface_as_invalid_frame() {
     );
     // Three messages queued together form one batch of three: all-or-nothing.
     let three: Vec<_> = (0..3).map(|i| alice.send(CHAT, format!("m{i}"))).collect();
-    for sent in futures_util::future::join_all(three).await {
+    for sent in outcomes(three).await {
         assert!(
             matches!(
                 &sent,
@@ -637,7 +691,7 @@ async fn limits_lower_on_the_server_surface_as_invalid_frame() {
         );
     }
     assert_eq!(inbox_len(&redis, BOB), 0, "nothing written");
-    let text_limit = alice.send(CHAT, "x".repeat(4097)).await;
+    let text_limit = outcome(alice.send(CHAT, "x".repeat(4097))).await;
     assert_eq!(
         text_limit,
         Err(SendError::TextTooLong {
@@ -667,9 +721,7 @@ async fn rate_limited_batches_are_retried_and_written_once() {
         .expect("alice");
     let (_bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
     let mut events = alice.events();
-    let sends: Vec<_> = (0..8)
-        .map(|i| tokio::spawn(alice.send(CHAT, format!("m{i}"))))
-        .collect();
+    let sends: Vec<_> = (0..8).map(|i| alice.send(CHAT, format!("m{i}"))).collect();
     wait_event(
         &mut events,
         "a rate_limited answer",
@@ -677,7 +729,7 @@ async fn rate_limited_batches_are_retried_and_written_once() {
     )
     .await;
     for send in sends {
-        send.await.expect("task").expect("acked in the end");
+        acked(send).await;
     }
     assert_eq!(inbox_len(&redis, BOB), 8, "each written once");
     let mut texts = receive_texts(&mut deliveries, 8).await;
@@ -698,7 +750,7 @@ async fn unavailable_is_retried_until_redis_is_back_and_written_once() {
     let mut events = alice.events();
 
     redis.kill();
-    let sent = tokio::spawn(alice.send(CHAT, "through the outage"));
+    let sent = alice.send(CHAT, "through the outage");
     wait_event(
         &mut events,
         "an unavailable answer",
@@ -706,7 +758,7 @@ async fn unavailable_is_retried_until_redis_is_back_and_written_once() {
     )
     .await;
     redis.restart();
-    sent.await.expect("task").expect("acked once Redis is back");
+    acked(sent).await;
     assert_eq!(inbox_len(&redis, BOB), 1, "written once");
     assert_eq!(
         receive_texts(&mut deliveries, 1).await,
@@ -726,7 +778,7 @@ async fn the_outbox_resends_after_a_client_restart_and_delivers_exactly_once() {
         .outbox_file(&outbox)
         .connect()
         .expect("alice");
-    alice.send(CHAT, "acked").await.expect("acked");
+    acked(alice.send(CHAT, "acked")).await;
     assert_eq!(receive_texts(&mut deliveries, 1).await, ["acked"]);
     support::wait_for_pending(&redis, BOB, "default", 0).await;
 
@@ -738,11 +790,11 @@ async fn the_outbox_resends_after_a_client_restart_and_delivers_exactly_once() {
     .await;
     // Sent while courier is down: stored before any batch is formed.
     let offline = alice.send(CHAT, "offline");
-    alice.close().await;
+    close(&alice).await;
     for pending in [in_flight.expect("sent"), offline] {
         assert!(
             matches!(
-                pending.await,
+                outcome(pending).await,
                 Err(SendError::Closed(Disconnect::ClosedByApp))
             ),
             "not acked before the close"
