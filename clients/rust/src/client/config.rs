@@ -95,6 +95,12 @@ impl Settings {
 
     /// Checks the settings against each other and the contract.
     pub fn validate(&self) -> Result<(), String> {
+        if !self.url.starts_with("ws://") {
+            return Err(format!(
+                "url {:?}: only ws:// URLs are supported (TLS belongs in a proxy)",
+                self.url
+            ));
+        }
         let device_ok = (1..=64).contains(&self.device.len())
             && self
                 .device
@@ -243,5 +249,43 @@ impl ClientBuilder {
     pub fn outbox_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.outbox = Some(path.into());
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::new("ws://127.0.0.1:8080/ws".into())
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_match_courier() {
+        let defaults = settings();
+        assert_eq!(defaults.validate(), Ok(()));
+        assert_eq!(
+            (defaults.batch_max, defaults.max_text_bytes, defaults.window),
+            (100, 4096, 4)
+        );
+        assert_eq!(defaults.device, "default");
+    }
+
+    #[test]
+    fn invalid_settings_are_refused_with_a_reason() {
+        let cases: [(&str, fn(&mut Settings)); 6] = [
+            ("device", |s| s.device = "has space".into()),
+            ("device", |s| s.device = "d".repeat(65)),
+            ("ws://", |s| s.url = "wss://example.com/ws".into()),
+            ("at least 1", |s| s.window = 0),
+            ("max_frame_bytes", |s| s.max_frame_bytes = 10_000),
+            ("zero", |s| s.ping_interval = Duration::ZERO),
+        ];
+        for (reason, break_it) in cases {
+            let mut broken = settings();
+            break_it(&mut broken);
+            let error = broken.validate().expect_err(reason);
+            assert!(error.contains(reason), "{error}");
+        }
     }
 }
