@@ -273,7 +273,8 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_refused_with_a_reason() {
-        let cases: [(&str, fn(&mut Settings)); 6] = [
+        type Breaker = fn(&mut Settings);
+        let cases: [(&str, Breaker); 6] = [
             ("device", |s| s.device = "has space".into()),
             ("device", |s| s.device = "d".repeat(65)),
             ("ws://", |s| s.url = "wss://example.com/ws".into()),
