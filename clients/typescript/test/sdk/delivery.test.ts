@@ -89,3 +89,27 @@ test('a handler that throws gets the batch again; the app sees each message once
   assert.deepEqual(given, ['again', 'again'], 'handed over again after the failure (courier redelivered it)');
   assert.deepEqual(handled.texts(), ['again']);
 });
+
+test('the same ids delivered again are not handed to the app twice', async () => {
+  const { alice, bob, chat } = await pair(env);
+  const tap = newTap();
+  let dropAcks = true;
+  tap.rewriteOut = (frame) => (dropAcks && frame.includes('"ack"') ? undefined : frame);
+  const a = track(client(env, alice.token));
+  const b = track(client(env, bob.token, { WebSocket: tapped(tap) }));
+  const inbox = new Inbox();
+  b.onMessages(inbox.handler);
+  await a.send(chat, 'once');
+  const [message] = await inbox.count(1);
+  const deliveriesOf = (id: number) =>
+    framesOf(tap.received, 'messages').filter((f) => f.messages!.some((m) => m.id === id));
+  // Its ack never reached courier: after the ack timeout courier delivers it again.
+  await tap.until(() => deliveriesOf(message!.id).length >= 2, 'a redelivery of the same id');
+  dropAcks = false;
+  const redelivery = deliveriesOf(message!.id).length;
+  await tap.until(() => deliveriesOf(message!.id).length > redelivery, 'one more redelivery');
+  const last = deliveriesOf(message!.id).at(-1)!;
+  await tap.until(() => framesOf(tap.sent, 'ack').some((f) => f.time_key === last.time_key), 'the ack of the redelivery');
+  assert.equal(inbox.calls, 1, 'the handler was called once');
+  assert.deepEqual(inbox.texts(), ['once']);
+});

@@ -1,0 +1,97 @@
+/**
+ * courier SIGKILLed and restarted: clients reconnect with full-jitter backoff, resend
+ * every unacked batch with its time_key (courier writes it once), and both sides see
+ * every message exactly once, in order per sender.
+ */
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import type { Client, StateEvent } from '../../src/index.js';
+import { TestEnv } from '../support/env.js';
+import { client, pair } from '../support/fixture.js';
+import { Inbox, framesOf, newTap, next, opened, tapped, within } from '../support/util.js';
+
+let env: TestEnv;
+const clients: Client[] = [];
+const track = (c: Client): Client => (clients.push(c), c);
+
+before(async () => {
+  env = await TestEnv.start({ COURIER_POLL_INTERVAL_MS: 250 });
+});
+after(async () => {
+  await Promise.all(clients.map((c) => c.close()));
+  await env.quit();
+});
+
+test('a batch courier wrote but whose ack was lost is resent with its time_key and written once', async () => {
+  const { alice, bob, chat } = await pair(env);
+  const tap = newTap();
+  tap.passIn = (frame) => !frame.includes('"ack"');
+  const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
+  const b = track(client(env, bob.token));
+  const inbox = new Inbox();
+  b.onMessages(inbox.handler);
+  await opened(a);
+
+  let acked = false;
+  const first = a.send(chat, 'first').then(() => (acked = true));
+  await tap.until(() => framesOf(tap.received, 'ack').length === 1, 'courier to ack (the SDK does not see it)');
+  await inbox.count(1);
+  const reconnecting = next(a, 'state', (s) => s.state === 'reconnecting');
+  await env.killCourier();
+  assert.equal((await reconnecting).state, 'reconnecting');
+  assert.equal(acked, false);
+  tap.passIn = undefined;
+  await env.startCourier();
+  await within(15_000, 'the resent batch to be acked', first);
+
+  const sent = framesOf(tap.sent, 'messages');
+  assert.equal(sent.length, 2, 'sent twice');
+  assert.equal(sent[0]!.time_key, sent[1]!.time_key, 'with the same time_key');
+  assert.deepEqual(sent[0]!.messages, sent[1]!.messages, 'and the same content');
+  assert.deepEqual([sent[0]!.connection, sent[1]!.connection], [1, 2], 'on two connections');
+  await a.send(chat, 'after');
+  await inbox.count(2);
+  assert.deepEqual(inbox.texts(), ['first', 'after'], 'courier wrote the resent batch once');
+  assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), 2);
+});
+
+test('both sides keep typing while courier is SIGKILLed and restarted: every message once, in order', async () => {
+  const { alice, bob, chat } = await pair(env);
+  const a = track(client(env, alice.token, { backoffBase: 50, backoffCap: 400 }));
+  const b = track(client(env, bob.token, { backoffBase: 50, backoffCap: 400 }));
+  const states: StateEvent[] = [];
+  a.on('state', (s) => states.push(s));
+  const [aliceGot, bobGot] = [new Inbox(), new Inbox()];
+  a.onMessages(aliceGot.handler);
+  b.onMessages(bobGot.handler);
+  await Promise.all([opened(a), opened(b)]);
+
+  const count = 40;
+  const sends: Promise<void>[] = [];
+  for (let i = 0; i < count; i++) {
+    sends.push(a.send(chat, `a${i}`), b.send(chat, `b${i}`));
+    if (i === 15) {
+      await env.killCourier();
+      // Typing goes on while courier is down, then it comes back.
+      void (async () => {
+        await new Promise((r) => setTimeout(r, 300));
+        await env.startCourier();
+      })();
+    }
+    await new Promise((r) => setTimeout(r, 15));
+  }
+  await within(30_000, 'every send to be acked', Promise.all(sends));
+  await bobGot.count(count);
+  await aliceGot.count(count);
+  assert.deepEqual(bobGot.texts(), Array.from({ length: count }, (_, i) => `a${i}`));
+  assert.deepEqual(aliceGot.texts(), Array.from({ length: count }, (_, i) => `b${i}`));
+  assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), count, 'nothing written twice');
+
+  const retries = states.filter((s): s is Extract<StateEvent, { state: 'reconnecting' }> => s.state === 'reconnecting');
+  assert.ok(retries.length >= 1, 'alice reconnected');
+  retries.forEach((s, attempt) => {
+    assert.ok(s.delay >= 0 && s.delay <= Math.min(400, 50 * 2 ** attempt), `delay ${s.delay} within the backoff of attempt ${attempt}`);
+  });
+  assert.equal(retries[0]!.closeCode, 1006, 'SIGKILL: no close frame');
+});
