@@ -1,6 +1,6 @@
 // The demo chat page: one chat, on the courier SDK (the minified bundle, /sdk/courier.min.js).
 // Signs in from the URL, for local development only:
-//   ?token=<jwt>&chat=<id>[&ws=ws://host:8080/ws][&device=web][&names=1:alice,2:bob]
+//   ?token=<jwt>&chat=<id>[&ws=ws://host:8080/ws][&device=<id>][&names=1:alice,2:bob]
 // The log is kept in localStorage, written by the message handler before it returns:
 // the SDK acks a delivery only then, and its persistent outbox (IndexedDB) keeps what
 // was typed but not yet acked across a reload.
@@ -9,7 +9,13 @@ import { connect } from '/sdk/courier.min.js';
 const params = new URLSearchParams(location.search);
 const token = params.get('token');
 const chat = Number(params.get('chat') ?? '1');
-const device = params.get('device') ?? 'web';
+// One device per tab (kept across reloads of the tab): two tabs of one device would
+// share its deliveries, and its outbox.
+const device =
+  params.get('device') ??
+  sessionStorage.getItem('courier-demo-device') ??
+  `web-${Math.random().toString(36).slice(2, 8)}`;
+sessionStorage.setItem('courier-demo-device', device);
 const wsUrl = params.get('ws') ?? `ws://${location.hostname || '127.0.0.1'}:8080/ws`;
 const names = new Map(
   (params.get('names') ?? '').split(',').filter(Boolean).map((pair) => pair.split(':')).map(([id, name]) => [Number(id), name]),

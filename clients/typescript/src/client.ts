@@ -58,6 +58,9 @@ export class Client {
   readonly #listeners = new Map<keyof ClientEvents, Set<(value: never) => void>>();
   readonly #timers = new Set<ReturnType<typeof setTimeout>>();
   #resolveReady!: () => void;
+  /** Settles when the client closes: releases the outbox's lock. */
+  readonly #released: Promise<void>;
+  #release!: () => void;
   #store: OutboxStorage | undefined;
   #loaded = false;
   #state: StateEvent = { state: 'connecting' };
@@ -103,6 +106,7 @@ export class Client {
       (error) => this.#emit('error', error),
     );
     this.ready = new Promise((resolve) => (this.#resolveReady = resolve));
+    this.#released = new Promise((resolve) => (this.#release = resolve));
     // After the caller had a chance to add listeners.
     queueMicrotask(() => void this.#open());
   }
@@ -267,11 +271,23 @@ export class Client {
     ws.onclose = (event: { code: number }) => ended(event.code);
   }
 
-  /** Reads the persistent outbox (if any) once, before the first connection. */
+  /**
+   * Reads the persistent outbox (if any) once, before the first connection. An
+   * IndexedDB outbox belongs to one client at a time: where the Web Locks API exists,
+   * a second tab of the same user and device waits here until the first one closes
+   * (two clients sharing one outbox would each send its queued messages).
+   */
   async #load(userId: number): Promise<void> {
     const persist = this.#options.persist;
-    this.#store =
-      persist === true ? indexedDbStorage(`courier:${new URL(this.#url, 'ws://x').host}:${userId}:${this.#device}`) : persist || undefined;
+    if (persist === true) {
+      const name = `courier:${new URL(this.#url, 'ws://x').host}:${userId}:${this.#device}`;
+      const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
+      if (locks) {
+        await new Promise<void>((granted) => void locks.request(name, () => (granted(), this.#released)));
+        if (this.#closed) return;
+      }
+      this.#store = indexedDbStorage(name);
+    } else this.#store = persist || undefined;
     let entries: [string, unknown][] = [];
     try {
       entries = this.#store ? await this.#store.load() : [];
@@ -434,6 +450,7 @@ export class Client {
     this.#setState(error ? { state: 'closed', error } : { state: 'closed' });
     if (error) this.#emit('error', error);
     this.#resolveReady();
+    this.#release();
   }
 
   #backoff(attempt: number): number {

@@ -116,3 +116,21 @@ test('alice reloads while her send is in flight: it is resent with its time_key 
   assert.deepEqual((await b.incoming()).map((m) => m.text), ['in flight during the reload']);
   assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), 1);
 });
+
+test("two tabs of one user and device: the second waits for the first's outbox, then sends", async () => {
+  const { a, b, alice, chat } = await chatPages();
+  const device = 'shared-device';
+  const first = await ChatPage.open(a.page.context(), site.url, env, alice.token, chat, device);
+  await first.waitForState('open');
+  const second = await ChatPage.open(a.page.context(), site.url, env, alice.token, chat, device);
+  pages.push(first, second);
+  await second.type('from the second tab');
+  // The first tab holds the outbox lock: the second has not even connected.
+  await first.type('from the first tab');
+  await b.waitForIncoming(1);
+  assert.equal(await second.page.getAttribute('#state', 'data-state'), 'connecting');
+  await first.page.close();
+  await second.waitForState('open');
+  await b.waitForIncoming(2);
+  assert.deepEqual((await b.incoming()).map((m) => m.text), ['from the first tab', 'from the second tab']);
+});

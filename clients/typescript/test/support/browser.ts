@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { repoRoot, type TestEnv } from './env.js';
 import { within } from './util.js';
 
@@ -48,11 +48,20 @@ export class ChatPage {
     page.on('pageerror', (error) => this.errors.push(error.message));
   }
 
-  static async open(browser: Browser, base: string, env: TestEnv, token: string, chat: number): Promise<ChatPage> {
-    // A context of its own: its own IndexedDB and localStorage, like another browser.
-    const page = await (await browser.newContext({ viewport: { width: 560, height: 720 } })).newPage();
+  /** Opens the page in a new browser context (its own IndexedDB and localStorage, like
+   * another browser), or in `context` (another tab of the same browser). */
+  static async open(
+    where: Browser | BrowserContext,
+    base: string,
+    env: TestEnv,
+    token: string,
+    chat: number,
+    device?: string,
+  ): Promise<ChatPage> {
+    const context = 'newContext' in where ? await where.newContext({ viewport: { width: 560, height: 720 } }) : where;
+    const page = await context.newPage();
     const chatPage = new ChatPage(page);
-    const query = new URLSearchParams({ token, chat: String(chat), ws: env.ws });
+    const query = new URLSearchParams({ token, chat: String(chat), ws: env.ws, ...(device ? { device } : {}) });
     await page.goto(`${base}?${query}`);
     return chatPage;
   }
