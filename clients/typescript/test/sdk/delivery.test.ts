@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import type { Client } from '../../src/index.js';
 import { TestEnv } from '../support/env.js';
 import { client, pair } from '../support/fixture.js';
-import { Inbox, framesOf, newTap, next, opened, tapped, within } from '../support/util.js';
+import { acked, framesOf, Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
 let env: TestEnv;
 const clients: Client[] = [];
@@ -58,12 +58,12 @@ test('a delivery batch is acked only after the handler settles', async () => {
     await handled;
   });
   await Promise.all([opened(a), opened(b)]);
-  await a.send(chat, 'hold on');
+  await acked(a.send(chat, 'hold on'));
   await within(10_000, 'the handler', handlerCalled);
   const delivery = framesOf(tap.received, 'messages')[0]!;
   // The handler is still running: no ack may have gone out. Give a wrongly eager
   // ack the time to appear: the send of a probe frame round-trips through courier.
-  await a.send(chat, 'probe');
+  await acked(a.send(chat, 'probe'));
   assert.equal(framesOf(tap.sent, 'ack').length, 0, 'no ack while the handler runs');
 
   release();
@@ -83,7 +83,7 @@ test('a handler that throws gets the batch again; the app sees each message once
     handled.handler(messages);
   });
   const failed = next(b, 'error', (e) => e.code === 'handler_failed');
-  await a.send(chat, 'again');
+  await acked(a.send(chat, 'again'));
   assert.equal((await failed).code, 'handler_failed');
   await handled.count(1);
   assert.deepEqual(given, ['again', 'again'], 'handed over again after the failure (courier redelivered it)');
@@ -99,7 +99,7 @@ test('the same ids delivered again are not handed to the app twice', async () =>
   const b = track(client(env, bob.token, { WebSocket: tapped(tap) }));
   const inbox = new Inbox();
   b.onMessages(inbox.handler);
-  await a.send(chat, 'once');
+  await acked(a.send(chat, 'once'));
   const [message] = await inbox.count(1);
   const deliveriesOf = (id: number) =>
     framesOf(tap.received, 'messages').filter((f) => f.messages!.some((m) => m.id === id));

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { CourierError, type Client, type Outgoing } from '../../src/index.js';
 import { TestEnv } from '../support/env.js';
 import { client, freeChat, pair } from '../support/fixture.js';
-import { Inbox, eventually, framesOf, newTap, next, opened, tapped, within } from '../support/util.js';
+import { acked, eventually, framesOf, Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
 const clients: Client[] = [];
 const track = (c: Client): Client => (clients.push(c), c);
@@ -94,7 +94,7 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
     const inbox = new Inbox();
     b.onMessages(inbox.handler);
     const invalid = next(b, 'error', (e) => e.code === 'invalid_json');
-    await a.send(chat, 'spoilt ack');
+    await acked(a.send(chat, 'spoilt ack'));
     const error = await invalid;
     assert.equal(error.timeKey, undefined);
     const deliveries = () => framesOf(tap.received, 'messages');
@@ -233,7 +233,7 @@ describe('with tight limits (2 messages per batch, 5 frames/s)', () => {
     });
     await opened(b);
     const limited = next(b, 'error', (e) => e.code === 'rate_limited' && e.timeKey !== 1);
-    await a.send(chat, 'ack me twice');
+    await acked(a.send(chat, 'ack me twice'));
     const error = await limited;
     const delivery = framesOf(tap.received, 'messages')[0]!;
     assert.equal(error.timeKey, delivery.time_key, 'the ack was limited');

@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import { memoryStorage, type Client, type Outgoing } from '../../src/index.js';
 import { TestEnv } from '../support/env.js';
 import { client, pair } from '../support/fixture.js';
-import { Inbox, framesOf, newTap, opened, tapped, within } from '../support/util.js';
+import { acked, framesOf, Inbox, newTap, opened, tapped, within } from '../support/util.js';
 
 let env: TestEnv;
 const clients: Client[] = [];
@@ -94,7 +94,7 @@ test('a batch sent but not acked before the "reload" is resent with its time_key
   assert.equal(resent!.time_key, original!.time_key);
   assert.deepEqual(resent!.messages, original!.messages);
 
-  await second.send(chat, 'next');
+  await acked(second.send(chat, 'next'));
   const [, next] = framesOf(tap2.sent, 'messages');
   assert.ok(next!.time_key > original!.time_key, 'time_keys keep increasing after the reload');
   await inbox.count(2);
@@ -110,7 +110,7 @@ test('seen ids survive a "reload": a redelivery of what the app already had is a
   const inbox = new Inbox();
   first.onMessages(inbox.handler);
   const a = track(client(env, alice.token));
-  await a.send(chat, 'seen before the reload');
+  await acked(a.send(chat, 'seen before the reload'));
   await inbox.count(1);
   await first.close();
 

@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import type { Client, StateEvent } from '../../src/index.js';
 import { TestEnv } from '../support/env.js';
 import { client, pair } from '../support/fixture.js';
-import { Inbox, framesOf, newTap, next, opened, tapped, within } from '../support/util.js';
+import { acked, framesOf, Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
 let env: TestEnv;
 const clients: Client[] = [];
@@ -33,14 +33,14 @@ test('a batch courier wrote but whose ack was lost is resent with its time_key a
   b.onMessages(inbox.handler);
   await opened(a);
 
-  let acked = false;
-  const first = a.send(chat, 'first').then(() => (acked = true));
+  let settled = false;
+  const first = a.send(chat, 'first').then(() => (settled = true));
   await tap.until(() => framesOf(tap.received, 'ack').length === 1, 'courier to ack (the SDK does not see it)');
   await inbox.count(1);
   const reconnecting = next(a, 'state', (s) => s.state === 'reconnecting');
   await env.killCourier();
   assert.equal((await reconnecting).state, 'reconnecting');
-  assert.equal(acked, false);
+  assert.equal(settled, false);
   tap.passIn = undefined;
   await env.startCourier();
   await within(15_000, 'the resent batch to be acked', first);
@@ -50,7 +50,7 @@ test('a batch courier wrote but whose ack was lost is resent with its time_key a
   assert.equal(sent[0]!.time_key, sent[1]!.time_key, 'with the same time_key');
   assert.deepEqual(sent[0]!.messages, sent[1]!.messages, 'and the same content');
   assert.deepEqual([sent[0]!.connection, sent[1]!.connection], [1, 2], 'on two connections');
-  await a.send(chat, 'after');
+  await acked(a.send(chat, 'after'));
   await inbox.count(2);
   assert.deepEqual(inbox.texts(), ['first', 'after'], 'courier wrote the resent batch once');
   assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), 2);

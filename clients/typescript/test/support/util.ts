@@ -12,6 +12,9 @@ export function within<T>(ms: number, what: string, promise: Promise<T>): Promis
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** A send's promise, which must settle (be acked) within 10 s. */
+export const acked = (send: Promise<void>): Promise<void> => within(10_000, 'the ack of a send', send);
+
 /** Polls `check` (state with no event to wait on, e.g. in Redis) until it holds. */
 export async function eventually(check: () => Promise<boolean>, what: string, ms = 15_000): Promise<void> {
   await within(ms, what, (async () => {
