@@ -10,29 +10,27 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { ChatPage, launchBrowser, servePage } from '../support/browser.js';
-import { TestEnv } from '../support/env.js';
-import { pair } from '../support/fixture.js';
+import { Courier } from '../support/fixture.js';
 
-let env: TestEnv;
+const courier = Courier.suite({ COURIER_POLL_INTERVAL_MS: 250 });
 let browser: Browser;
 let site: { url: string; stop: () => void };
 const pages: ChatPage[] = [];
 
 before(async () => {
-  [env, browser, site] = await Promise.all([TestEnv.start({ COURIER_POLL_INTERVAL_MS: 250 }), launchBrowser(), servePage()]);
+  [browser, site] = await Promise.all([launchBrowser(), servePage()]);
 });
 after(async () => {
   await browser?.close();
   site?.stop();
-  await env?.quit();
   for (const page of pages) assert.deepEqual(page.errors, [], 'no script errors on the pages');
 });
 
 async function chatPages() {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const [a, b] = await Promise.all([
-    ChatPage.open(browser, site.url, env, alice.token, chat),
-    ChatPage.open(browser, site.url, env, bob.token, chat),
+    ChatPage.open(browser, site.url, courier.env, alice.token, chat),
+    ChatPage.open(browser, site.url, courier.env, bob.token, chat),
   ]);
   pages.push(a, b);
   await Promise.all([a.waitForState('open'), b.waitForState('open')]);
@@ -60,10 +58,10 @@ test('courier SIGKILLed and restarted while both keep typing: every message once
     await a.type(`a${i}`);
     await b.type(`b${i}`);
     if (i === 8) {
-      await env.killCourier();
+      await courier.env.killCourier();
       restarted = (async () => {
         await a.waitForState('reconnecting');
-        await env.startCourier();
+        await courier.env.startCourier();
       })();
     }
   }
@@ -76,14 +74,14 @@ test('courier SIGKILLed and restarted while both keep typing: every message once
   assert.deepEqual(onAlice.map((m) => m.text), Array.from({ length: count }, (_, i) => `b${i}`));
   assert.ok(onBob.every((m) => m.sender === alice.id) && onAlice.every((m) => m.sender === bob.id));
   assert.equal(new Set(onBob.map((m) => m.id)).size, count, 'distinct ids');
-  assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), count, 'nothing written twice');
+  assert.equal(await courier.env.redis('XLEN', `inbox:{user:${bob.id}}`), count, 'nothing written twice');
 });
 
 test('alice reloads with unsent messages in her outbox: they arrive exactly once', async () => {
   const { a, b, bob } = await chatPages();
   await a.type('before the outage');
   await b.waitForIncoming(1);
-  await env.killCourier();
+  await courier.env.killCourier();
   await a.waitForState('reconnecting');
   for (const text of ['typed offline 1', 'typed offline 2', 'typed offline 3']) await a.type(text);
   await a.waitForOutgoing(4, ['acked', 'queued']); // queued ones saved in IndexedDB
@@ -97,32 +95,32 @@ test('alice reloads with unsent messages in her outbox: they arrive exactly once
     ['typed offline 2', 'queued'],
     ['typed offline 3', 'queued'],
   ]);
-  await env.startCourier();
+  await courier.env.startCourier();
   await a.waitForOutgoing(4, ['acked']);
   await b.waitForIncoming(4);
   assert.deepEqual((await b.incoming()).map((m) => m.text), ['before the outage', 'typed offline 1', 'typed offline 2', 'typed offline 3']);
-  assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), 4);
+  assert.equal(await courier.env.redis('XLEN', `inbox:{user:${bob.id}}`), 4);
 });
 
 test('alice reloads while her send is in flight: it is resent with its time_key and arrives once', async () => {
   const { a, b, bob } = await chatPages();
   // Redis holds writes back: courier has the batch, no ack can come yet.
-  await env.redis('CLIENT', 'PAUSE', 2000, 'WRITE');
+  await courier.env.redis('CLIENT', 'PAUSE', 2000, 'WRITE');
   await a.type('in flight during the reload');
   await a.waitForOutgoing(1, ['sent']);
   await a.page.reload();
   await a.waitForOutgoing(1, ['acked']);
   await b.waitForIncoming(1);
   assert.deepEqual((await b.incoming()).map((m) => m.text), ['in flight during the reload']);
-  assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), 1);
+  assert.equal(await courier.env.redis('XLEN', `inbox:{user:${bob.id}}`), 1);
 });
 
 test("two tabs of one user and device: the second waits for the first's outbox, then sends", async () => {
   const { a, b, alice, chat } = await chatPages();
   const device = 'shared-device';
-  const first = await ChatPage.open(a.page.context(), site.url, env, alice.token, chat, device);
+  const first = await ChatPage.open(a.page.context(), site.url, courier.env, alice.token, chat, device);
   await first.waitForState('open');
-  const second = await ChatPage.open(a.page.context(), site.url, env, alice.token, chat, device);
+  const second = await ChatPage.open(a.page.context(), site.url, courier.env, alice.token, chat, device);
   pages.push(first, second);
   await second.type('from the second tab');
   // The first tab holds the outbox lock: the second has not even connected.

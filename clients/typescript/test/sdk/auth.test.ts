@@ -5,24 +5,14 @@
  */
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import type { Client, StateEvent, WebSocketConstructor } from '../../src/index.js';
-import { TestEnv } from '../support/env.js';
-import { client, pair } from '../support/fixture.js';
+import { test } from 'node:test';
+import type { StateEvent, WebSocketConstructor } from '../../src/index.js';
+import { Courier } from '../support/fixture.js';
 import { Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
-let env: TestEnv;
-const clients: Client[] = [];
-const track = (c: Client): Client => (clients.push(c), c);
 const nodeWebSocket = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
 
-before(async () => {
-  env = await TestEnv.start();
-});
-after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
-  await env.quit();
-});
+const courier = Courier.suite();
 
 /** A token callback that hands out `tokens` in turn (the last one again and again). */
 function tokens(...list: (string | Promise<string>)[]) {
@@ -35,10 +25,10 @@ function tokens(...list: (string | Promise<string>)[]) {
 }
 
 test('the token goes in a header in Node, or in the query when asked', async () => {
-  const { alice, chat } = await pair(env);
+  const { alice, chat } = await courier.pair();
   for (const tokenIn of ['header', 'query'] as const) {
     const tap = newTap();
-    const a = track(client(env, alice.token, { tokenIn, WebSocket: tapped(tap), device: `d-${tokenIn}` }));
+    const a = courier.client(alice.token, { tokenIn, WebSocket: tapped(tap), device: `d-${tokenIn}` });
     await within(10_000, `a send with the token in the ${tokenIn}`, a.send(chat, tokenIn));
     const url = new URL((tap.socket as unknown as { url: string }).url);
     assert.equal(url.searchParams.get('token'), tokenIn === 'query' ? alice.token : null);
@@ -47,9 +37,9 @@ test('the token goes in a header in Node, or in the query when asked', async () 
 });
 
 test('HTTP 401: the callback is asked for a new token, and the client connects', async () => {
-  const { alice, chat } = await pair(env);
+  const { alice, chat } = await courier.pair();
   const callback = tokens('not-a-jwt', alice.token);
-  const a = track(client(env, callback, { backoffBase: 50, userId: alice.id }));
+  const a = courier.client(callback, { backoffBase: 50, userId: alice.id });
   const refused = next(a, 'error', (e) => e.code === 'invalid_token');
   assert.equal((await refused).status, 401);
   await opened(a);
@@ -58,12 +48,11 @@ test('HTTP 401: the callback is asked for a new token, and the client connects',
 });
 
 test('close code 4001 (token expired): the callback renews it and the client reconnects', async () => {
-  const { alice, bob, chat } = await pair(env);
-  const callback = tokens(env.token(alice.id, 'alice', 2), env.token(alice.id, 'alice', 3600));
-  const a = track(client(env, callback, { backoffBase: 50 }));
-  const b = track(client(env, bob.token));
-  const inbox = new Inbox();
-  b.onMessages(inbox.handler);
+  const { alice, bob, chat } = await courier.pair();
+  const callback = tokens(courier.env.token(alice.id, 'alice', 2), courier.env.token(alice.id, 'alice', 3600));
+  const a = courier.client(callback, { backoffBase: 50 });
+  const b = courier.client(bob.token);
+  const inbox = Inbox.of(b);
   await opened(a);
   const expired = await next(a, 'state', (s) => s.state === 'reconnecting', 10_000);
   assert.equal((expired as Extract<StateEvent, { state: 'reconnecting' }>).closeCode, 4001);
@@ -74,7 +63,7 @@ test('close code 4001 (token expired): the callback renews it and the client rec
 });
 
 test('a fixed token that courier refuses (401) closes the client for good', async () => {
-  const a = track(client(env, 'not-a-jwt', { userId: 1 }));
+  const a = courier.client('not-a-jwt', { userId: 1 });
   const closed = await next(a, 'state', (s) => s.state === 'closed');
   assert.equal(closed.state === 'closed' && closed.error?.code, 'invalid_token');
   assert.equal(a.state, 'closed');
@@ -82,37 +71,33 @@ test('a fixed token that courier refuses (401) closes the client for good', asyn
 });
 
 test('a fixed token that expires (4001) closes the client for good', async () => {
-  const { alice } = await pair(env);
-  const a = track(client(env, await env.token(alice.id, 'alice', 2)));
+  const { alice } = await courier.pair();
+  const a = courier.client(await courier.env.token(alice.id, 'alice', 2));
   await opened(a);
   const closed = await next(a, 'state', (s) => s.state === 'closed', 10_000);
   assert.equal(closed.state === 'closed' && closed.error?.closeCode, 4001);
 });
 
 test('a device id outside [A-Za-z0-9_-]{1,64} is refused at once', () => {
-  assert.throws(() => client(env, 'x', { device: 'a b' }), { code: 'invalid_device' });
-  assert.throws(() => client(env, 'x', { device: 'x'.repeat(65) }), { code: 'invalid_device' });
+  assert.throws(() => courier.client('x', { device: 'a b' }), { code: 'invalid_device' });
+  assert.throws(() => courier.client('x', { device: 'x'.repeat(65) }), { code: 'invalid_device' });
 });
 
 test('each device of a user gets every message once', async () => {
-  const { alice, bob, chat } = await pair(env);
-  const a = track(client(env, alice.token));
-  const [phone, laptop] = ['phone', 'laptop'].map((device) => track(client(env, bob.token, { device })));
-  const [onPhone, onLaptop] = [new Inbox(), new Inbox()];
-  phone!.onMessages(onPhone.handler);
-  laptop!.onMessages(onLaptop.handler);
+  const { alice, bob, chat } = await courier.pair();
+  const a = courier.client(alice.token);
+  const [onPhone, onLaptop] = ['phone', 'laptop'].map((device) => Inbox.of(courier.client(bob.token, { device }))) as [Inbox, Inbox];
   await within(10_000, 'the send', a.send(chat, 'to both'));
   await Promise.all([onPhone.count(1), onLaptop.count(1)]);
   assert.deepEqual([onPhone.texts(), onLaptop.texts()], [['to both'], ['to both']]);
 });
 
 test("Node's own WebSocket (undici): token header, and renewal after a refusal it cannot see", { skip: !nodeWebSocket && 'no global WebSocket (Node < 22 needs --experimental-websocket)' }, async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const callback = tokens('not-a-jwt', alice.token);
-  const a = track(client(env, callback, { WebSocket: nodeWebSocket!, backoffBase: 50, userId: alice.id }));
-  const b = track(client(env, bob.token, { WebSocket: nodeWebSocket! }));
-  const inbox = new Inbox();
-  b.onMessages(inbox.handler);
+  const a = courier.client(callback, { WebSocket: nodeWebSocket!, backoffBase: 50, userId: alice.id });
+  const b = courier.client(bob.token, { WebSocket: nodeWebSocket! });
+  const inbox = Inbox.of(b);
   await opened(a);
   assert.equal(callback.calls, 2, 'asked again: undici does not show the 401');
   await within(10_000, 'a send', a.send(chat, 'via undici'));

@@ -5,31 +5,19 @@
  */
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import type { Client } from '../../src/index.js';
-import { TestEnv } from '../support/env.js';
-import { client, pair } from '../support/fixture.js';
+import { test } from 'node:test';
+import { Courier } from '../support/fixture.js';
 import { acked, framesOf, Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
-let env: TestEnv;
-const clients: Client[] = [];
-const track = (c: Client): Client => (clients.push(c), c);
 
-before(async () => {
-  env = await TestEnv.start({ COURIER_ACK_TIMEOUT_MS: 1000, COURIER_POLL_INTERVAL_MS: 250 });
-});
-after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
-  await env.quit();
-});
+const courier = Courier.suite({ COURIER_ACK_TIMEOUT_MS: 1000, COURIER_POLL_INTERVAL_MS: 250 });
 
 test('messages sent in one tick go in one batch; the recipient gets them in order', async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const tap = newTap();
-  const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
-  const b = track(client(env, bob.token));
-  const inbox = new Inbox();
-  b.onMessages(inbox.handler);
+  const a = courier.client(alice.token, { WebSocket: tapped(tap) });
+  const b = courier.client(bob.token);
+  const inbox = Inbox.of(b);
   await Promise.all([opened(a), opened(b)]);
 
   await within(10_000, 'acks', Promise.all(['one', 'two', 'three'].map((t) => a.send(chat, t))));
@@ -45,10 +33,10 @@ test('messages sent in one tick go in one batch; the recipient gets them in orde
 });
 
 test('a delivery batch is acked only after the handler settles', async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const tap = newTap();
-  const a = track(client(env, alice.token));
-  const b = track(client(env, bob.token, { WebSocket: tapped(tap) }));
+  const a = courier.client(alice.token);
+  const b = courier.client(bob.token, { WebSocket: tapped(tap) });
   let release!: () => void;
   const handled = new Promise<void>((resolve) => (release = resolve));
   let called!: () => void;
@@ -71,9 +59,9 @@ test('a delivery batch is acked only after the handler settles', async () => {
 });
 
 test('a handler that throws gets the batch again; the app sees each message once it succeeds', async () => {
-  const { alice, bob, chat } = await pair(env);
-  const a = track(client(env, alice.token));
-  const b = track(client(env, bob.token));
+  const { alice, bob, chat } = await courier.pair();
+  const a = courier.client(alice.token);
+  const b = courier.client(bob.token);
   let failures = 1;
   const given: string[] = [];
   const handled = new Inbox();
@@ -91,14 +79,13 @@ test('a handler that throws gets the batch again; the app sees each message once
 });
 
 test('the same ids delivered again are not handed to the app twice', async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const tap = newTap();
   let dropAcks = true;
   tap.rewriteOut = (frame) => (dropAcks && frame.includes('"ack"') ? undefined : frame);
-  const a = track(client(env, alice.token));
-  const b = track(client(env, bob.token, { WebSocket: tapped(tap) }));
-  const inbox = new Inbox();
-  b.onMessages(inbox.handler);
+  const a = courier.client(alice.token);
+  const b = courier.client(bob.token, { WebSocket: tapped(tap) });
+  const inbox = Inbox.of(b);
   await acked(a.send(chat, 'once'));
   const [message] = await inbox.count(1);
   const deliveriesOf = (id: number) =>

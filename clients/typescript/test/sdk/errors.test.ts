@@ -7,15 +7,11 @@
  */
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { CourierError, type Client, type Outgoing } from '../../src/index.js';
-import { TestEnv } from '../support/env.js';
-import { client, freeChat, pair } from '../support/fixture.js';
+import { describe, test } from 'node:test';
+import { CourierError, type Outgoing } from '../../src/index.js';
+import { Courier, freeChat } from '../support/fixture.js';
 import { acked, eventually, framesOf, Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
-const clients: Client[] = [];
-const track = (c: Client): Client => (clients.push(c), c);
-after(() => Promise.all(clients.map((c) => c.close())));
 
 /** The rejection of `promise`, which must reject. */
 async function refusal(promise: Promise<unknown>): Promise<CourierError> {
@@ -25,15 +21,11 @@ async function refusal(promise: Promise<unknown>): Promise<CourierError> {
 }
 
 describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => {
-  let env: TestEnv;
-  before(async () => {
-    env = await TestEnv.start({ COURIER_ACK_TIMEOUT_MS: 1000, COURIER_REDIS_TIMEOUT_MS: 300, COURIER_POLL_INTERVAL_MS: 250 });
-  });
-  after(() => env.quit());
+  const courier = Courier.suite({ COURIER_ACK_TIMEOUT_MS: 1000, COURIER_REDIS_TIMEOUT_MS: 300, COURIER_POLL_INTERVAL_MS: 250 });
 
   test('not_a_member rejects the send, and the message leaves the outbox', async () => {
-    const { alice } = await pair(env);
-    const a = track(client(env, alice.token));
+    const { alice } = await courier.pair();
+    const a = courier.client(alice.token);
     const events: Outgoing[] = [];
     a.on('outbox', (o) => events.push(o));
     const error = await refusal(a.send(freeChat(), 'nobody here'));
@@ -46,12 +38,11 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
   });
 
   test('not_a_member in a batch that mixes chats rejects only the messages to that chat', async () => {
-    const { alice, bob, chat } = await pair(env);
+    const { alice, bob, chat } = await courier.pair();
     const tap = newTap();
-    const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
-    const b = track(client(env, bob.token));
-    const inbox = new Inbox();
-    b.onMessages(inbox.handler);
+    const a = courier.client(alice.token, { WebSocket: tapped(tap) });
+    const b = courier.client(bob.token);
+    const inbox = Inbox.of(b);
     await opened(a);
     const stranger = freeChat();
     const sends = [a.send(chat, 'to bob'), a.send(stranger, 'to nobody'), a.send(chat, 'to bob again')];
@@ -67,21 +58,21 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
   });
 
   test('sender_mismatch rejects the send', async () => {
-    const { alice, bob, chat } = await pair(env);
-    const a = track(client(env, alice.token, { userId: bob.id }));
+    const { alice, bob, chat } = await courier.pair();
+    const a = courier.client(alice.token, { userId: bob.id });
     assert.equal((await refusal(a.send(chat, 'as bob'))).code, 'sender_mismatch');
   });
 
   test('deprecated_format rejects the send (a frame altered on the way to carry a token)', async () => {
-    const { alice, chat } = await pair(env);
+    const { alice, chat } = await courier.pair();
     const tap = newTap();
     tap.rewriteOut = (frame) => frame.replace('{"type":"messages"', '{"token":"old","type":"messages"');
-    const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
+    const a = courier.client(alice.token, { WebSocket: tapped(tap) });
     assert.equal((await refusal(a.send(chat, 'old style'))).code, 'deprecated_format');
   });
 
   test('invalid_json is an error event; the batch whose ack it spoiled comes back and is acked', async () => {
-    const { alice, bob, chat } = await pair(env);
+    const { alice, bob, chat } = await courier.pair();
     const tap = newTap();
     let spoil = true;
     tap.rewriteOut = (frame) => {
@@ -89,10 +80,9 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
       spoil = false;
       return frame.slice(0, -1);
     };
-    const a = track(client(env, alice.token));
-    const b = track(client(env, bob.token, { WebSocket: tapped(tap) }));
-    const inbox = new Inbox();
-    b.onMessages(inbox.handler);
+    const a = courier.client(alice.token);
+    const b = courier.client(bob.token, { WebSocket: tapped(tap) });
+    const inbox = Inbox.of(b);
     const invalid = next(b, 'error', (e) => e.code === 'invalid_json');
     await acked(a.send(chat, 'spoilt ack'));
     const error = await invalid;
@@ -108,9 +98,9 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
   });
 
   test('unknown_time_key is an error event, and nothing else happens', async () => {
-    const { alice, chat } = await pair(env);
+    const { alice, chat } = await courier.pair();
     const tap = newTap();
-    const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
+    const a = courier.client(alice.token, { WebSocket: tapped(tap) });
     await opened(a);
     const unknown = next(a, 'error', (e) => e.code === 'unknown_time_key');
     tap.inject('{"type":"ack","time_key":12345}');
@@ -120,15 +110,14 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
   });
 
   test('unavailable (Redis paused) is retried with the same time_key until courier acks', async () => {
-    const { alice, bob, chat } = await pair(env);
+    const { alice, bob, chat } = await courier.pair();
     const tap = newTap();
-    const a = track(client(env, alice.token, { WebSocket: tapped(tap), backoffBase: 100 }));
-    const b = track(client(env, bob.token));
-    const inbox = new Inbox();
-    b.onMessages(inbox.handler);
+    const a = courier.client(alice.token, { WebSocket: tapped(tap), backoffBase: 100 });
+    const b = courier.client(bob.token);
+    const inbox = Inbox.of(b);
     await Promise.all([opened(a), opened(b)]);
     const unavailable = next(a, 'error', (e) => e.code === 'unavailable');
-    await env.redis('CLIENT', 'PAUSE', 1500, 'WRITE');
+    await courier.env.redis('CLIENT', 'PAUSE', 1500, 'WRITE');
     const sent = a.send(chat, 'while redis sleeps');
     const error = await unavailable;
     assert.equal(error.retried, true);
@@ -138,26 +127,26 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
     assert.ok(batches.every((f) => f.time_key === error.timeKey), 'always with the same time_key');
     await inbox.count(1);
     assert.deepEqual(inbox.texts(), ['while redis sleeps']);
-    assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), 1);
+    assert.equal(await courier.env.redis('XLEN', `inbox:{user:${bob.id}}`), 1);
   });
 
   test('internal (an unexpected Redis answer) is retried until it succeeds', async () => {
-    const { alice, bob, chat } = await pair(env);
-    await env.redis('DEL', `chat:${chat}`);
-    await env.redis('SET', `chat:${chat}`, 'not a list');
-    const a = track(client(env, alice.token, { backoffBase: 100 }));
+    const { alice, bob, chat } = await courier.pair();
+    await courier.env.redis('DEL', `chat:${chat}`);
+    await courier.env.redis('SET', `chat:${chat}`, 'not a list');
+    const a = courier.client(alice.token, { backoffBase: 100 });
     const internal = next(a, 'error', (e) => e.code === 'internal');
     const sent = a.send(chat, 'after the repair');
     assert.equal((await internal).retried, true);
-    await env.redis('DEL', `chat:${chat}`);
-    await env.chat(chat, alice.id, bob.id);
+    await courier.env.redis('DEL', `chat:${chat}`);
+    await courier.env.chat(chat, alice.id, bob.id);
     await within(15_000, 'the ack after the repair', sent);
   });
 
   test('too many client errors: courier closes with 1008, the SDK reports it and reconnects', async () => {
-    const { alice, chat } = await pair(env);
+    const { alice, chat } = await courier.pair();
     const tap = newTap();
-    const a = track(client(env, alice.token, { WebSocket: tapped(tap), backoffBase: 50 }));
+    const a = courier.client(alice.token, { WebSocket: tapped(tap), backoffBase: 50 });
     await opened(a);
     const closed = next(a, 'error', (e) => e.code === 'connection_closed');
     const reconnecting = next(a, 'state', (s) => s.state === 'reconnecting');
@@ -170,9 +159,9 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
   });
 
   test('texts over the limit and bad chat ids are refused locally, at once', async () => {
-    const { alice, chat } = await pair(env);
+    const { alice, chat } = await courier.pair();
     const tap = newTap();
-    const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
+    const a = courier.client(alice.token, { WebSocket: tapped(tap) });
     assert.equal((await refusal(a.send(chat, 'é'.repeat(2049)))).code, 'text_too_long');
     assert.equal((await refusal(a.send(-1, 'x'))).code, 'invalid_chat_id');
     assert.equal((await refusal(a.send(1.5, 'x'))).code, 'invalid_chat_id');
@@ -182,33 +171,28 @@ describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => 
 });
 
 describe('with tight limits (2 messages per batch, 5 frames/s)', () => {
-  let env: TestEnv;
-  before(async () => {
-    env = await TestEnv.start({
+  const courier = Courier.suite({
       COURIER_BATCH_MAX: 2,
       COURIER_RATE_LIMIT_FPS: 5,
       COURIER_RATE_LIMIT_BURST: 2,
       COURIER_MAX_CLIENT_ERRORS: 1000,
     });
-  });
-  after(() => env.quit());
 
   test('invalid_frame (more messages than courier allows) rejects every message of the batch', async () => {
-    const { alice, chat } = await pair(env);
-    const a = track(client(env, alice.token));
+    const { alice, chat } = await courier.pair();
+    const a = courier.client(alice.token);
     await opened(a);
     const errors = await Promise.all(['1', '2', '3'].map((t) => refusal(a.send(chat, t))));
     assert.deepEqual(errors.map((e) => e.code), ['invalid_frame', 'invalid_frame', 'invalid_frame']);
-    const ok = track(client(env, alice.token, { batchMax: 2 }));
+    const ok = courier.client(alice.token, { batchMax: 2 });
     await within(10_000, 'sends within the limit', Promise.all(['1', '2', '3'].map((t) => ok.send(chat, t))));
   });
 
   test('rate_limited frames are retried with their time_key: every message arrives once', async () => {
-    const { alice, bob, chat } = await pair(env);
-    const a = track(client(env, alice.token, { batchMax: 1, backoffBase: 100 }));
-    const b = track(client(env, bob.token));
-    const inbox = new Inbox();
-    b.onMessages(inbox.handler);
+    const { alice, bob, chat } = await courier.pair();
+    const a = courier.client(alice.token, { batchMax: 1, backoffBase: 100 });
+    const b = courier.client(bob.token);
+    const inbox = Inbox.of(b);
     const limited = next(a, 'error', (e) => e.code === 'rate_limited');
     await Promise.all([opened(a), opened(b)]);
     const texts = Array.from({ length: 12 }, (_, i) => `m${i}`);
@@ -217,14 +201,14 @@ describe('with tight limits (2 messages per batch, 5 frames/s)', () => {
     await within(30_000, 'every send to be acked', Promise.all(sends));
     await inbox.count(texts.length, 30_000);
     assert.deepEqual([...inbox.texts()].sort(), [...texts].sort());
-    assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), texts.length);
+    assert.equal(await courier.env.redis('XLEN', `inbox:{user:${bob.id}}`), texts.length);
   });
 
   test('an ack courier refused with rate_limited is sent again', async () => {
-    const { alice, bob, chat } = await pair(env);
+    const { alice, bob, chat } = await courier.pair();
     const tap = newTap();
-    const a = track(client(env, alice.token));
-    const b = track(client(env, bob.token, { WebSocket: tapped(tap), backoffBase: 100 }));
+    const a = courier.client(alice.token);
+    const b = courier.client(bob.token, { WebSocket: tapped(tap), backoffBase: 100 });
     const inbox = new Inbox();
     b.onMessages((messages) => {
       // Use up the connection's burst just before the SDK acks.
@@ -239,7 +223,7 @@ describe('with tight limits (2 messages per batch, 5 frames/s)', () => {
     assert.equal(error.timeKey, delivery.time_key, 'the ack was limited');
     await tap.until(() => framesOf(tap.sent, 'ack').filter((f) => f.time_key === delivery.time_key).length >= 2, 'the ack again');
     await eventually(
-      async () => ((await env.redis('XPENDING', `inbox:{user:${bob.id}}`, 'default')) as [number])[0] === 0,
+      async () => ((await courier.env.redis('XPENDING', `inbox:{user:${bob.id}}`, 'default')) as [number])[0] === 0,
       'nothing pending for bob',
     );
     assert.deepEqual(inbox.texts(), ['ack me twice']);

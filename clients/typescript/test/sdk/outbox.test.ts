@@ -6,23 +6,13 @@
  */
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { memoryStorage, type Client, type Outgoing } from '../../src/index.js';
-import { TestEnv } from '../support/env.js';
-import { client, pair } from '../support/fixture.js';
+import { Courier } from '../support/fixture.js';
 import { acked, framesOf, Inbox, newTap, opened, tapped, within } from '../support/util.js';
 
-let env: TestEnv;
-const clients: Client[] = [];
-const track = (c: Client): Client => (clients.push(c), c);
 
-before(async () => {
-  env = await TestEnv.start({ COURIER_POLL_INTERVAL_MS: 250 });
-});
-after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
-  await env.quit();
-});
+const courier = Courier.suite({ COURIER_POLL_INTERVAL_MS: 250 });
 
 /** Resolves once every message of `client`'s outbox is stored. */
 async function allStored(c: Client, count: number): Promise<void> {
@@ -39,22 +29,21 @@ async function allStored(c: Client, count: number): Promise<void> {
 }
 
 test('messages sent while courier is down, then a "reload": delivered once by the next client', async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const storage = memoryStorage();
-  const b = track(client(env, bob.token));
-  const inbox = new Inbox();
-  b.onMessages(inbox.handler);
+  const b = courier.client(bob.token);
+  const inbox = Inbox.of(b);
   await opened(b);
-  await env.killCourier();
+  await courier.env.killCourier();
 
-  const before = client(env, alice.token, { persist: storage });
+  const before = courier.client(alice.token, { persist: storage });
   const sends = ['one', 'two', 'three'].map((t) => before.send(chat, t));
   await allStored(before, 3);
   await before.close();
   for (const send of sends) await assert.rejects(send, { code: 'closed' });
 
-  await env.startCourier();
-  const after = track(client(env, alice.token, { persist: storage }));
+  await courier.env.startCourier();
+  const after = courier.client(alice.token, { persist: storage });
   await after.ready;
   assert.deepEqual(after.outbox().map((o) => [o.text, o.status, o.stored]), [
     ['one', 'queued', true],
@@ -73,20 +62,19 @@ test('messages sent while courier is down, then a "reload": delivered once by th
 });
 
 test('a batch sent but not acked before the "reload" is resent with its time_key and written once', async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const storage = memoryStorage();
   const tap = newTap();
   tap.passIn = (frame) => !frame.includes('"ack"');
-  const first = client(env, alice.token, { persist: storage, WebSocket: tapped(tap) });
+  const first = courier.client(alice.token, { persist: storage, WebSocket: tapped(tap) });
   void first.send(chat, 'in flight').catch(() => undefined);
   await tap.until(() => framesOf(tap.received, 'ack').length === 1, "courier's ack (hidden from the client)");
   await first.close();
 
   const tap2 = newTap();
-  const second = track(client(env, alice.token, { persist: storage, WebSocket: tapped(tap2) }));
-  const b = track(client(env, bob.token));
-  const inbox = new Inbox();
-  b.onMessages(inbox.handler);
+  const second = courier.client(alice.token, { persist: storage, WebSocket: tapped(tap2) });
+  const b = courier.client(bob.token);
+  const inbox = Inbox.of(b);
   await second.ready;
   await within(10_000, 'the resend to be acked', new Promise((resolve) => second.on('outbox', (o) => o.status === 'acked' && resolve(o))));
   const [original] = framesOf(tap.sent, 'messages');
@@ -102,22 +90,20 @@ test('a batch sent but not acked before the "reload" is resent with its time_key
 });
 
 test('seen ids survive a "reload": a redelivery of what the app already had is acked, not handed over', async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const storage = memoryStorage();
   const tap = newTap();
   tap.rewriteOut = (frame) => (frame.includes('"ack"') ? undefined : frame);
-  const first = client(env, bob.token, { persist: storage, WebSocket: tapped(tap) });
-  const inbox = new Inbox();
-  first.onMessages(inbox.handler);
-  const a = track(client(env, alice.token));
+  const first = courier.client(bob.token, { persist: storage, WebSocket: tapped(tap) });
+  const inbox = Inbox.of(first);
+  const a = courier.client(alice.token);
   await acked(a.send(chat, 'seen before the reload'));
   await inbox.count(1);
   await first.close();
 
   const tap2 = newTap();
-  const second = track(client(env, bob.token, { persist: storage, WebSocket: tapped(tap2) }));
-  const after = new Inbox();
-  second.onMessages(after.handler);
+  const second = courier.client(bob.token, { persist: storage, WebSocket: tapped(tap2) });
+  const after = Inbox.of(second);
   // courier gives the new connection what the old one left unacked.
   await tap2.until(() => framesOf(tap2.received, 'messages').length === 1, 'the redelivery');
   const redelivery = framesOf(tap2.received, 'messages')[0]!;

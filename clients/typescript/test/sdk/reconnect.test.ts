@@ -5,32 +5,21 @@
  */
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import type { Client, StateEvent } from '../../src/index.js';
-import { TestEnv } from '../support/env.js';
-import { client, pair } from '../support/fixture.js';
+import { test } from 'node:test';
+import type { StateEvent } from '../../src/index.js';
+import { Courier } from '../support/fixture.js';
 import { acked, framesOf, Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
-let env: TestEnv;
-const clients: Client[] = [];
-const track = (c: Client): Client => (clients.push(c), c);
 
-before(async () => {
-  env = await TestEnv.start({ COURIER_POLL_INTERVAL_MS: 250 });
-});
-after(async () => {
-  await Promise.all(clients.map((c) => c.close()));
-  await env.quit();
-});
+const courier = Courier.suite({ COURIER_POLL_INTERVAL_MS: 250 });
 
 test('a batch courier wrote but whose ack was lost is resent with its time_key and written once', async () => {
-  const { alice, bob, chat } = await pair(env);
+  const { alice, bob, chat } = await courier.pair();
   const tap = newTap();
   tap.passIn = (frame) => !frame.includes('"ack"');
-  const a = track(client(env, alice.token, { WebSocket: tapped(tap) }));
-  const b = track(client(env, bob.token));
-  const inbox = new Inbox();
-  b.onMessages(inbox.handler);
+  const a = courier.client(alice.token, { WebSocket: tapped(tap) });
+  const b = courier.client(bob.token);
+  const inbox = Inbox.of(b);
   await opened(a);
 
   let settled = false;
@@ -38,11 +27,11 @@ test('a batch courier wrote but whose ack was lost is resent with its time_key a
   await tap.until(() => framesOf(tap.received, 'ack').length === 1, 'courier to ack (the SDK does not see it)');
   await inbox.count(1);
   const reconnecting = next(a, 'state', (s) => s.state === 'reconnecting');
-  await env.killCourier();
+  await courier.env.killCourier();
   assert.equal((await reconnecting).state, 'reconnecting');
   assert.equal(settled, false);
   tap.passIn = undefined;
-  await env.startCourier();
+  await courier.env.startCourier();
   await within(15_000, 'the resent batch to be acked', first);
 
   const sent = framesOf(tap.sent, 'messages');
@@ -53,18 +42,16 @@ test('a batch courier wrote but whose ack was lost is resent with its time_key a
   await acked(a.send(chat, 'after'));
   await inbox.count(2);
   assert.deepEqual(inbox.texts(), ['first', 'after'], 'courier wrote the resent batch once');
-  assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), 2);
+  assert.equal(await courier.env.redis('XLEN', `inbox:{user:${bob.id}}`), 2);
 });
 
 test('both sides keep typing while courier is SIGKILLed and restarted: every message once, in order', async () => {
-  const { alice, bob, chat } = await pair(env);
-  const a = track(client(env, alice.token, { backoffBase: 50, backoffCap: 400 }));
-  const b = track(client(env, bob.token, { backoffBase: 50, backoffCap: 400 }));
+  const { alice, bob, chat } = await courier.pair();
+  const a = courier.client(alice.token, { backoffBase: 50, backoffCap: 400 });
+  const b = courier.client(bob.token, { backoffBase: 50, backoffCap: 400 });
   const states: StateEvent[] = [];
   a.on('state', (s) => states.push(s));
-  const [aliceGot, bobGot] = [new Inbox(), new Inbox()];
-  a.onMessages(aliceGot.handler);
-  b.onMessages(bobGot.handler);
+  const [aliceGot, bobGot] = [Inbox.of(a), Inbox.of(b)];
   await Promise.all([opened(a), opened(b)]);
 
   const count = 40;
@@ -72,11 +59,11 @@ test('both sides keep typing while courier is SIGKILLed and restarted: every mes
   for (let i = 0; i < count; i++) {
     sends.push(a.send(chat, `a${i}`), b.send(chat, `b${i}`));
     if (i === 15) {
-      await env.killCourier();
+      await courier.env.killCourier();
       // Typing goes on while courier is down, then it comes back.
       void (async () => {
         await new Promise((r) => setTimeout(r, 300));
-        await env.startCourier();
+        await courier.env.startCourier();
       })();
     }
     await new Promise((r) => setTimeout(r, 15));
@@ -86,7 +73,7 @@ test('both sides keep typing while courier is SIGKILLed and restarted: every mes
   await aliceGot.count(count);
   assert.deepEqual(bobGot.texts(), Array.from({ length: count }, (_, i) => `a${i}`));
   assert.deepEqual(aliceGot.texts(), Array.from({ length: count }, (_, i) => `b${i}`));
-  assert.equal(await env.redis('XLEN', `inbox:{user:${bob.id}}`), count, 'nothing written twice');
+  assert.equal(await courier.env.redis('XLEN', `inbox:{user:${bob.id}}`), count, 'nothing written twice');
 
   const retries = states.filter((s): s is Extract<StateEvent, { state: 'reconnecting' }> => s.state === 'reconnecting');
   assert.ok(retries.length >= 1, 'alice reconnected');

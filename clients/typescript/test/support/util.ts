@@ -45,6 +45,14 @@ export const opened = (client: Client, ms = 15_000): Promise<unknown> =>
 /** Everything a client's handler was given, in order, with a way to wait for more. */
 export class Inbox {
   readonly messages: Message[] = [];
+
+  /** An inbox set as `client`'s handler. */
+  static of(client: Client): Inbox {
+    const inbox = new Inbox();
+    client.onMessages(inbox.handler);
+    return inbox;
+  }
+
   calls = 0;
   #waiters: (() => void)[] = [];
 
