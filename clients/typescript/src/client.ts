@@ -222,7 +222,10 @@ export class Client {
     const url = new URL(this.#url, (globalThis as { location?: { href: string } }).location?.href);
     url.protocol = url.protocol.replace('http', 'ws');
     url.searchParams.set('device', this.#device);
-    const header = (this.#options.tokenIn ?? (typeof document === 'undefined' ? 'header' : 'query')) === 'header';
+    // Only Node (and runtimes that pass for it) can set headers on a WebSocket; browsers,
+    // their workers included, cannot.
+    const node = (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node;
+    const header = (this.#options.tokenIn ?? (node ? 'header' : 'query')) === 'header';
     if (!header) url.searchParams.set('token', token);
     let ws: WebSocketLike;
     try {

@@ -84,7 +84,7 @@ export interface ConnectOptions {
   userId?: number;
   /** The WebSocket class; default: `globalThis.WebSocket`. In Node, pass the `ws` package's. */
   WebSocket?: WebSocketConstructor;
-  /** Where the token goes: the `token` header (default outside browsers) or `?token=` (browsers). */
+  /** Where the token goes: the `token` header (default in Node) or `?token=` (default elsewhere: browsers cannot set headers). */
   tokenIn?: 'header' | 'query';
   /** Most messages per sent batch (default 100, courier's `COURIER_BATCH_MAX`). */
   batchMax?: number;
