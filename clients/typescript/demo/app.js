@@ -143,14 +143,22 @@ log.forEach(show);
 const client = connect(wsUrl, { token, device, persist: true });
 window.courier = client; // for the console (and the browser tests)
 
+let countdown;
 client.on('state', (event) => {
+  clearInterval(countdown);
   stateEl.dataset.state = event.state;
   stateEl.textContent = {
     connecting: 'connecting…',
     open: 'connected',
-    reconnecting: `reconnecting in ${((event.delay ?? 0) / 1000).toFixed(1)} s`,
+    reconnecting: 'reconnecting…',
     closed: `closed${event.error ? `: ${event.error.code}` : ''}`,
   }[event.state];
+  if (event.state === 'reconnecting') {
+    const at = Date.now() + event.delay;
+    const tick = () => (stateEl.textContent = `reconnecting in ${Math.max(0, (at - Date.now()) / 1000).toFixed(1)} s`);
+    tick();
+    countdown = setInterval(tick, 100);
+  }
   stateEl.title = event.reason ?? '';
   const closed = event.state === 'closed';
   input.disabled = button.disabled = closed;

@@ -80,7 +80,8 @@ export class Client {
   #scheduled = false;
 
   constructor(url: string, options: ConnectOptions) {
-    this.#url = url;
+    // Absolute (a relative one is resolved against the page); a bad URL throws here.
+    this.#url = new URL(url, (globalThis as { location?: { href: string } }).location?.href).href;
     this.#options = options;
     this.#device = options.device ?? 'default';
     if (!DEVICE.test(this.#device)) {
@@ -219,7 +220,7 @@ export class Client {
     if (!this.#loaded) await this.#load(userId);
     if (this.#closed) return;
 
-    const url = new URL(this.#url, (globalThis as { location?: { href: string } }).location?.href);
+    const url = new URL(this.#url);
     url.protocol = url.protocol.replace('http', 'ws');
     url.searchParams.set('device', this.#device);
     // Only Node (and runtimes that pass for it) can set headers on a WebSocket; browsers,
@@ -283,7 +284,7 @@ export class Client {
   async #load(userId: number): Promise<void> {
     const persist = this.#options.persist;
     if (persist === true) {
-      const name = `courier:${new URL(this.#url, 'ws://x').host}:${userId}:${this.#device}`;
+      const name = `courier:${new URL(this.#url).host}:${userId}:${this.#device}`;
       const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
       if (locks) {
         await new Promise<void>((granted) => void locks.request(name, () => (granted(), this.#released)));

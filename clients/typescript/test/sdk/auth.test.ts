@@ -6,7 +6,8 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { StateEvent, WebSocketConstructor } from '../../src/index.js';
+import WebSocket from 'ws';
+import { connect, type StateEvent, type WebSocketConstructor } from '../../src/index.js';
 import { Courier } from '../support/fixture.js';
 import { Inbox, newTap, next, opened, tapped, within } from '../support/util.js';
 
@@ -78,9 +79,10 @@ test('a fixed token that expires (4001) closes the client for good', async () =>
   assert.equal(closed.state === 'closed' && closed.error?.closeCode, 4001);
 });
 
-test('a device id outside [A-Za-z0-9_-]{1,64} is refused at once', () => {
+test('a device id outside [A-Za-z0-9_-]{1,64}, or a URL that is not one, is refused at once', () => {
   assert.throws(() => courier.client('x', { device: 'a b' }), { code: 'invalid_device' });
   assert.throws(() => courier.client('x', { device: 'x'.repeat(65) }), { code: 'invalid_device' });
+  assert.throws(() => connect('not a url', { token: 'x', WebSocket }), TypeError);
 });
 
 test('each device of a user gets every message once', async () => {
