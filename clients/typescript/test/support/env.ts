@@ -51,9 +51,14 @@ export class TestEnv {
     const binary = process.env.COURIER_TESTENV ?? join(repoRoot, 'target', 'debug', 'courier-testenv');
     const args = ['--courier-bin', join(repoRoot, 'target', 'debug', 'courier')];
     for (const [key, value] of Object.entries(env)) args.push('--env', `${key}=${value}`);
+    // The stand-in serves only until courier-testenv is on main (then it is deleted).
+    const standIn = join(packageRoot, 'test', 'support', 'testenv-standin.mjs');
+    if (!existsSync(binary) && !existsSync(standIn)) {
+      throw new Error(`${binary} is not built: cargo build -p courier-testkit --bin courier-testenv`);
+    }
     const child = existsSync(binary)
       ? spawn(binary, args, { cwd: repoRoot })
-      : spawn(process.execPath, [join(packageRoot, 'test', 'support', 'testenv-standin.mjs'), ...args], { cwd: repoRoot });
+      : spawn(process.execPath, [standIn, ...args], { cwd: repoRoot });
     child.stderr.on('data', (chunk: Buffer) => process.stderr.write(chunk));
     const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
     const first = await within(60_000, 'courier-testenv to be ready', lines.next());
