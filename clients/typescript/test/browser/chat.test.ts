@@ -105,7 +105,7 @@ test('alice reloads with unsent messages in her outbox: they arrive exactly once
 test('alice reloads while her send is in flight: it is resent with its time_key and arrives once', async () => {
   const { a, b, bob } = await chatPages();
   // Redis holds writes back: courier has the batch, no ack can come yet.
-  await courier.env.redis('CLIENT', 'PAUSE', 2000, 'WRITE');
+  await courier.env.redis('CLIENT', 'PAUSE', 4000, 'WRITE');
   await a.type('in flight during the reload');
   await a.waitForOutgoing(1, ['sent']);
   await a.page.reload();
