@@ -20,8 +20,11 @@ async function refusal(promise: Promise<unknown>): Promise<CourierError> {
   return outcome;
 }
 
+// The safety poll stays above the Redis timeout: at or below it, a session whose inbox
+// reads time out during an outage serves no client frame until Redis is back (the
+// poll re-arms the read first), and a send gets no `unavailable` to retry on.
 describe('with courier defaults (ack timeout 1 s, Redis timeout 300 ms)', () => {
-  const courier = Courier.suite({ COURIER_ACK_TIMEOUT_MS: 1000, COURIER_REDIS_TIMEOUT_MS: 300, COURIER_POLL_INTERVAL_MS: 250 });
+  const courier = Courier.suite({ COURIER_ACK_TIMEOUT_MS: 1000, COURIER_REDIS_TIMEOUT_MS: 300, COURIER_POLL_INTERVAL_MS: 1000 });
 
   test('not_a_member rejects the send, and the message leaves the outbox', async () => {
     const { alice } = await courier.pair();
