@@ -242,7 +242,7 @@ async fn redis_acl_password_never_appears_in_logs_or_errors() {
 
 #[tokio::test]
 async fn rediss_url_with_a_private_ca_works() {
-    let tls = TlsRedis::start();
+    let tls = RedisNode::start_tls();
     let ca = tls.ca_file();
     let courier = Courier::start(&tls.url(), &[("COURIER_REDIS_CA_FILE", ca.as_str())]);
     assert_eq!(

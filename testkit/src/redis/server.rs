@@ -123,6 +123,30 @@ impl RedisServer {
             Self::Cluster(cluster) => cluster.restart(),
         }
     }
+
+    /// The server, or every running primary of the cluster: where per-node commands
+    /// (`FLUSHALL`, `INFO`) go.
+    pub fn primaries(&self) -> Vec<&RedisNode> {
+        match self {
+            Self::Single(node) => vec![node],
+            Self::Cluster(cluster) => cluster.primaries().collect(),
+        }
+    }
+
+    /// Every process's id (the server, or every node of the cluster), for profilers.
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::Single(node) => node.pid().into_iter().collect(),
+            Self::Cluster(cluster) => cluster.nodes.iter().filter_map(RedisNode::pid).collect(),
+        }
+    }
+
+    /// Empties every primary (`FLUSHALL`; loaded scripts stay).
+    pub fn flush_all(&self) {
+        for node in self.primaries() {
+            node.cmd::<()>(&["FLUSHALL"]);
+        }
+    }
 }
 
 /// A synchronous connection to either kind of [`RedisServer`].
