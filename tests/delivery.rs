@@ -222,10 +222,9 @@ async fn consumer_is_deleted_when_its_connection_ends_with_nothing_pending() {
         "one consumer per connection"
     );
     bob.close().await;
-    wait_for(
-        || consumers(&redis, 2, "default") == 0,
-        "the idle consumer to be deleted",
-    )
+    wait_for("the idle consumer to be deleted", async || {
+        consumers(&redis, 2, "default") == 0
+    })
     .await;
 
     let mut alice = courier.connect(1).await;

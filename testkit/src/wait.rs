@@ -17,10 +17,10 @@ use crate::WAIT;
 /// How often a check runs unless told otherwise.
 pub const EVERY: Duration = Duration::from_millis(10);
 
-/// Polls a condition that no frame announces (an XACK landing, a log line), every
-/// 10 ms, failing with `what` after [`WAIT`].
-pub async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    Wait::new(what).until(async || condition()).await;
+/// Runs `check` every 10 ms until it returns true, failing with `what` after
+/// [`WAIT`].
+pub async fn wait_for(what: &str, check: impl AsyncFnMut() -> bool) {
+    Wait::new(what).until(check).await;
 }
 
 /// A wait: what it waits for, for how long at most, how often it checks.
@@ -100,12 +100,11 @@ mod tests {
     #[tokio::test]
     async fn a_check_that_holds_ends_the_wait() {
         let mut calls = 0;
-        Wait::new("the third call")
-            .until(async || {
-                calls += 1;
-                calls == 3
-            })
-            .await;
+        wait_for("the third call", async || {
+            calls += 1;
+            calls == 3
+        })
+        .await;
         assert_eq!(calls, 3);
     }
 

@@ -54,7 +54,7 @@ pub fn pending_in(conn: &mut impl ::redis::ConnectionLike, user: u64, device: &s
 /// Waits until `expected` entries are pending in a user's device group.
 pub async fn wait_for_pending(redis: &RedisServer, user: u64, device: &str, expected: u64) {
     let what = format!("{expected} pending for user {user} device {device}");
-    wait_for(|| redis.pending(user, device) == expected, &what).await;
+    wait_for(&what, async || redis.pending(user, device) == expected).await;
 }
 
 /// Number of consumers in a user's device group.

@@ -234,7 +234,7 @@ impl RedisNode {
                 if process.exit_status().is_some() {
                     return true;
                 }
-                ours = self.answering_pid() == Some(process.pid());
+                ours = self.serving_pid() == Some(process.pid());
                 ours
             });
         if !ours {
@@ -249,9 +249,14 @@ impl RedisNode {
         true
     }
 
-    /// The `process_id` of whatever answers on this node's port.
-    fn answering_pid(&self) -> Option<u32> {
-        process_id_in(&self.try_cmd::<String>(&["INFO", "server"])?)
+    /// The `process_id` of whatever answers on this node's port, once it has loaded
+    /// its data (while it loads, it answers INFO but refuses other commands).
+    fn serving_pid(&self) -> Option<u32> {
+        let info = self.try_cmd::<String>(&["INFO", "server", "persistence"])?;
+        if info.contains("loading:1") {
+            return None;
+        }
+        process_id_in(&info)
     }
 
     /// The node's directory (data, `nodes.conf`, its output in `redis-server.out`).
