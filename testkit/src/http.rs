@@ -29,7 +29,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// A plain HTTP/1.1 request with extra headers and a body (`Content-Length` is
-/// added); returns the status code and the body.
+/// added); returns the status code and the body, and fails the test if there is none.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -37,11 +37,25 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    try_http_request(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http_request`] that returns what went wrong instead of panicking (for programs
+/// such as the load generator).
+pub async fn try_http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
         .await
-        .expect("connect timed out")
-        .expect("connect");
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: courier\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -57,16 +71,16 @@ pub async fn http_request(
     let mut response = Vec::new();
     let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
         .await
-        .expect("response timed out");
+        .map_err(|_| "response timed out".to_string())?;
     let response = String::from_utf8_lossy(&response);
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line in {response:?}"));
+        .ok_or_else(|| format!("no status line in {response:?}"))?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }

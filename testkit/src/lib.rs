@@ -36,7 +36,7 @@ use std::time::Duration;
 
 pub use client::{Delivery, Refusal, WsClient, ids, texts};
 pub use courier::{Courier, CourierOptions, find_courier_bin};
-pub use http::{answers_healthz, http_get, http_request};
+pub use http::{answers_healthz, http_get, http_request, try_http_request};
 pub use ports::free_port;
 pub use redis::{
     Certificates, ClusterOptions, MODE_VARIABLE, NodeOptions, RedisCluster, RedisNode, RedisServer,

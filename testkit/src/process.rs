@@ -18,6 +18,32 @@ pub fn end_children_with_this_thread() {
     TIED_TO_PARENT.store(true, Ordering::Relaxed);
 }
 
+/// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (children inherit
+/// it: a courier or load generator holding 20,000 connections needs it); returns
+/// `(soft, hard)` after the change, `(0, 0)` if the limit cannot be read.
+pub fn raise_fd_limit() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit/setrlimit to read and write.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return (0, 0);
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    (limit.rlim_cur, limit.rlim_max)
+}
+
 /// A signal the kit sends, by its usual name.
 pub fn signal_number(name: &str) -> Option<i32> {
     Some(match name.trim_start_matches("SIG") {

@@ -73,13 +73,22 @@ impl Testenv {
         answer
     }
 
-    /// The pid of the Redis server (it says so itself).
-    fn redis_pid(&mut self) -> u32 {
-        let info = self.ok("redis INFO server")["reply"].clone();
-        info.as_str()
-            .and_then(|info| info.lines().find_map(|l| l.strip_prefix("process_id:")))
-            .and_then(|pid| pid.trim().parse().ok())
-            .expect("process_id in INFO server")
+    /// The pids of the Redis servers (they say so themselves; a cluster answers INFO
+    /// from every node, as an object by node).
+    fn redis_pids(&mut self) -> Vec<u32> {
+        let reply = self.ok("redis INFO server")["reply"].clone();
+        let infos: Vec<&str> = match &reply {
+            Value::String(info) => vec![info.as_str()],
+            Value::Object(by_node) => by_node.values().filter_map(Value::as_str).collect(),
+            other => panic!("INFO server answered {other}"),
+        };
+        let pids: Vec<u32> = infos
+            .iter()
+            .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("process_id:")))
+            .filter_map(|pid| pid.trim().parse().ok())
+            .collect();
+        assert_eq!(pids.len(), infos.len(), "process_id in every INFO server");
+        pids
     }
 
     fn courier_addr(&self) -> std::net::SocketAddr {
@@ -126,7 +135,7 @@ async fn the_protocol_runs_courier_and_redis_and_quit_leaves_nothing_behind() {
     assert_eq!(ws, format!("ws://{}/ws", env.courier_addr()));
     assert!(ready["redis"].as_str().expect("redis").starts_with("redis"));
     let first_pid = ready["pid"].as_u64().expect("pid") as u32;
-    let redis_pid = env.redis_pid();
+    let redis_pids = env.redis_pids();
 
     let alice = env.ok("token 1 alice")["token"]
         .as_str()
@@ -191,7 +200,7 @@ async fn the_protocol_runs_courier_and_redis_and_quit_leaves_nothing_behind() {
 
     assert_eq!(env.ok("quit"), json!({"ok": true}));
     assert_eq!(env.wait_exit(), Some(0));
-    wait_until_gone(&[fourth_pid, redis_pid]);
+    wait_until_gone(&[vec![fourth_pid], redis_pids].concat());
 }
 
 #[test]
@@ -199,11 +208,11 @@ fn sigterm_or_sigkill_of_the_testenv_leaves_nothing_behind() {
     for signal in [libc::SIGTERM, libc::SIGKILL] {
         let mut env = Testenv::start();
         let courier_pid = env.ready["pid"].as_u64().expect("pid") as u32;
-        let redis_pid = env.redis_pid();
+        let redis_pids = env.redis_pids();
         // SAFETY: kill(2) on the child we spawned and have not reaped.
         assert_eq!(unsafe { libc::kill(env.child.id() as i32, signal) }, 0);
         env.wait_exit();
-        wait_until_gone(&[courier_pid, redis_pid]);
+        wait_until_gone(&[vec![courier_pid], redis_pids].concat());
     }
 }
 
@@ -211,8 +220,8 @@ fn sigterm_or_sigkill_of_the_testenv_leaves_nothing_behind() {
 fn the_end_of_stdin_stops_everything() {
     let mut env = Testenv::start();
     let courier_pid = env.ready["pid"].as_u64().expect("pid") as u32;
-    let redis_pid = env.redis_pid();
+    let redis_pids = env.redis_pids();
     env.stdin = None;
     assert_eq!(env.wait_exit(), Some(0));
-    wait_until_gone(&[courier_pid, redis_pid]);
+    wait_until_gone(&[vec![courier_pid], redis_pids].concat());
 }

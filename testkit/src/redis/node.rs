@@ -96,7 +96,8 @@ impl NodeOptions {
         let dir = match &self.dir {
             Some(path) => {
                 std::fs::create_dir_all(path).expect("create the node's directory");
-                NodeDir::Kept(path.clone())
+                // Absolute: redis-server changes into it before it opens nodes.conf.
+                NodeDir::Kept(std::path::absolute(path).expect("the node's directory"))
             }
             None => NodeDir::Temporary(tempfile::tempdir().expect("temp dir")),
         };
