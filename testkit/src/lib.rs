@@ -39,9 +39,9 @@ pub use courier::{Courier, CourierOptions, find_courier_bin};
 pub use http::{answers_healthz, http_get, http_request, try_http_request};
 pub use ports::free_port;
 pub use redis::{
-    Certificates, ClusterOptions, MODE_VARIABLE, NodeOptions, RedisCluster, RedisNode, RedisServer,
-    TestConnection, append_to_aof_in, cluster_mode, command, consumers, create_chat_in, key_slot,
-    pending_in, wait_for_pending,
+    Certificates, ClusterOptions, Fixtures, MODE_VARIABLE, NodeOptions, RedisCluster, RedisNode,
+    RedisServer, TestConnection, append_to_aof_in, cluster_mode, command, consumers,
+    create_chat_in, key_slot, pending_in, wait_for_pending,
 };
 pub use token::{SECRET, expiry, sign, token, token_with};
 pub use wait::{Wait, wait_for};

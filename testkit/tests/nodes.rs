@@ -2,7 +2,7 @@
 //! comes back on its port (with its data when persistent), and a primary with a
 //! replica watched by three Sentinels can be put together from node options.
 
-use courier_testkit::{RedisNode, Wait};
+use courier_testkit::{Fixtures, RedisNode, Wait};
 
 #[test]
 fn a_killed_node_comes_back_on_its_port_with_its_data() {

@@ -9,11 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterConnection};
-use redis::{ConnectionLike, FromRedisValue, Value};
+use redis::{ConnectionLike, Value};
 
-use super::{
-    Certificates, NodeOptions, RedisNode, append_to_aof_in, command, create_chat_in, pending_in,
-};
+use super::{Certificates, Fixtures, NodeOptions, RedisNode, append_to_aof_in};
 use crate::{WAIT, Wait};
 
 /// How a [`RedisCluster`] is started.
@@ -21,8 +19,8 @@ use crate::{WAIT, Wait};
 pub struct ClusterOptions {
     replicas: usize,
     tls: bool,
-    persistent: bool,
-    args: Vec<String>,
+    /// What every node gets (persistence, extra arguments).
+    node: NodeOptions,
     dir: Option<PathBuf>,
 }
 
@@ -40,16 +38,17 @@ impl ClusterOptions {
     /// AOF (`appendfsync always`), so [`RedisCluster::restart`] keeps the data.
     pub fn persistent(self) -> Self {
         Self {
-            persistent: true,
+            node: self.node.clone().persistent(),
             ..self
         }
     }
 
     /// Extra `redis-server` arguments for every node ([`NodeOptions::args`]).
-    pub fn node_args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
-        self
+    pub fn node_args<S: AsRef<str>>(self, args: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            node: self.node.clone().args(args),
+            ..self
+        }
     }
 
     /// Keeps node `i`'s files in `<dir>/redis-node-<i>` (left in place).
@@ -67,12 +66,9 @@ impl ClusterOptions {
         let tls = self.tls.then(|| Arc::new(Certificates::generate()));
         let nodes: Vec<RedisNode> = (0..3 * (1 + self.replicas))
             .map(|i| {
-                let mut options = NodeOptions::default().cluster().args(&self.args);
+                let mut options = self.node.clone().cluster();
                 if let Some(certs) = &tls {
                     options = options.tls(certs.clone());
-                }
-                if self.persistent {
-                    options = options.persistent();
                 }
                 if let Some(dir) = &self.dir {
                     options = options.dir(dir.join(format!("redis-node-{}", i + 1)));
@@ -247,49 +243,6 @@ impl RedisCluster {
         self.tls.as_ref().expect("a TLS cluster").ca_file()
     }
 
-    /// A cluster connection (follows redirects) for assertions and fixtures.
-    pub fn conn(&self) -> ClusterConnection {
-        let seeds: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| n.is_running())
-            .map(|n| format!("{}://{}", self.scheme(), n.addr()))
-            .collect();
-        let mut builder = ClusterClient::builder(seeds).retries(20);
-        if let Some(certs) = &self.tls {
-            builder = builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(certs.ca_pem()),
-            });
-        }
-        builder
-            .build()
-            .and_then(|c| c.get_connection())
-            .expect("connect to the test cluster")
-    }
-
-    /// Runs one keyed command through the cluster and returns its reply.
-    pub fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
-        command(args)
-            .query(&mut self.conn())
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-
-    /// Creates `chat:<id>` with these members.
-    pub fn create_chat(&self, chat: u64, members: &[u64]) {
-        create_chat_in(&mut self.conn(), chat, members);
-    }
-
-    /// `XLEN key` (0 for a missing key).
-    pub fn xlen(&self, key: &str) -> u64 {
-        self.cmd(&["XLEN", key])
-    }
-
-    /// Number of entries pending in a user's device group.
-    pub fn pending(&self, user: u64, device: &str) -> u64 {
-        pending_in(&mut self.conn(), user, device)
-    }
-
     /// The `id` fields of a user's inbox entries, in stream order.
     pub fn inbox_ids(&self, user: u64) -> Vec<u64> {
         self.inbox_field(user, "id")
@@ -421,6 +374,31 @@ impl RedisCluster {
             .iter()
             .find(|n| n.is_running() && n.try_cmd::<String>(&["PING"]).is_some())
             .expect("a running node")
+    }
+}
+
+impl Fixtures for RedisCluster {
+    type Connection = ClusterConnection;
+
+    /// A cluster connection: it follows redirects.
+    fn conn(&self) -> ClusterConnection {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| format!("{}://{}", self.scheme(), n.addr()))
+            .collect();
+        let mut builder = ClusterClient::builder(seeds).retries(20);
+        if let Some(certs) = &self.tls {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(certs.ca_pem()),
+            });
+        }
+        builder
+            .build()
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test cluster")
     }
 }
 

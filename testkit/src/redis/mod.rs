@@ -13,7 +13,42 @@ pub use node::{NodeOptions, RedisNode, append_to_aof_in};
 pub use server::{MODE_VARIABLE, RedisServer, TestConnection, cluster_mode};
 pub use tls::Certificates;
 
+use ::redis::{ConnectionLike, FromRedisValue};
+
 use crate::wait_for;
+
+/// Fixtures and assertions on a test's Redis, through a synchronous connection that
+/// routes each key to its node: the same calls on a [`RedisNode`], a [`RedisCluster`]
+/// and a [`RedisServer`]. Every call fails the test when Redis does.
+pub trait Fixtures {
+    /// The connection type: one node's, or the cluster's.
+    type Connection: ConnectionLike;
+
+    /// A fresh connection.
+    fn conn(&self) -> Self::Connection;
+
+    /// Runs one command and returns its reply.
+    fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
+        command(args)
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    /// Creates `chat:<id>` with these members, replacing any earlier list.
+    fn create_chat(&self, chat: u64, members: &[u64]) {
+        create_chat_in(&mut self.conn(), chat, members);
+    }
+
+    /// `XLEN key` (0 for a missing key).
+    fn xlen(&self, key: &str) -> u64 {
+        self.cmd(&["XLEN", key])
+    }
+
+    /// Number of entries pending in a user's device group.
+    fn pending(&self, user: u64, device: &str) -> u64 {
+        pending_in(&mut self.conn(), user, device)
+    }
+}
 
 /// A command from its words: `command(&["XLEN", "inbox:{user:2}"])`.
 pub fn command(args: &[&str]) -> ::redis::Cmd {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use redis::FromRedisValue;
 
-use super::{Certificates, command, create_chat_in, process_id_in};
+use super::{Certificates, Fixtures, command, process_id_in};
 use crate::process::Process;
 use crate::{WAIT, Wait, free_port, ports::START_ATTEMPTS};
 
@@ -322,13 +322,6 @@ impl RedisNode {
         }
     }
 
-    /// A synchronous connection for assertions and fixtures.
-    pub fn conn(&self) -> redis::Connection {
-        self.client()
-            .and_then(|c| c.get_connection())
-            .unwrap_or_else(|e| panic!("connect to redis on {}: {e}", self.port))
-    }
-
     /// Runs a command on this node (no redirection); `None` if it failed or the node
     /// did not answer within a second or so.
     pub fn try_cmd<T: FromRedisValue>(&self, args: &[&str]) -> Option<T> {
@@ -339,18 +332,6 @@ impl RedisNode {
             .ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         command(args).query(&mut conn).ok()
-    }
-
-    /// Runs a command on this node (no redirection) and returns its reply.
-    pub fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
-        command(args)
-            .query(&mut self.conn())
-            .unwrap_or_else(|e| panic!("{args:?} on node {}: {e}", self.port))
-    }
-
-    /// Creates `chat:<id>` with these members.
-    pub fn create_chat(&self, chat: u64, members: &[u64]) {
-        create_chat_in(&mut self.conn(), chat, members);
     }
 
     /// The node's cluster id.
@@ -399,6 +380,17 @@ impl RedisNode {
             "only on a stopped persistent server"
         );
         append_to_aof_in(self.dir(), args);
+    }
+}
+
+impl Fixtures for RedisNode {
+    type Connection = redis::Connection;
+
+    /// A connection to this node alone (no redirection on a cluster node).
+    fn conn(&self) -> redis::Connection {
+        self.client()
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("connect to redis on {}: {e}", self.port))
     }
 }
 

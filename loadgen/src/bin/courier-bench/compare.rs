@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use courier_testkit::ws::{ConnectOptions, Frame, WsConnection};
-use courier_testkit::{Courier, RedisNode, expiry, sign};
+use courier_testkit::{Courier, Fixtures, RedisNode, expiry, sign};
 use serde_json::json;
 
 /// The `time_key` of the captured batches: a number nothing else in the call has.

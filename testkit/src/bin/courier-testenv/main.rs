@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use courier_testkit::{
-    Courier, RedisCluster, RedisNode, RedisServer, SECRET, cluster_mode, expiry, process, sign,
+    Courier, Fixtures, RedisCluster, RedisNode, RedisServer, SECRET, cluster_mode, expiry, process,
+    sign,
 };
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
