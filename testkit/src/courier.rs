@@ -44,7 +44,6 @@ pub struct CourierOptions {
     env: Vec<(String, String)>,
     inherit_env: bool,
     log: Option<PathBuf>,
-    port: Option<u16>,
 }
 
 impl CourierOptions {
@@ -101,14 +100,6 @@ impl CourierOptions {
         }
     }
 
-    /// Listens on this port (no retry on another one if it is taken).
-    pub fn port(self, port: u16) -> Self {
-        Self {
-            port: Some(port),
-            ..self
-        }
-    }
-
     /// Starts courier and waits until it answers `/healthz`; panics with courier's
     /// log if it cannot start.
     pub fn start(self) -> Courier {
@@ -126,11 +117,6 @@ impl CourierOptions {
             (None, Some(dir)) => dir.path().join("courier.log"),
             (None, None) => unreachable!("a temporary directory when no log file is given"),
         };
-        let attempts = if self.port.is_some() {
-            1
-        } else {
-            START_ATTEMPTS
-        };
         let mut courier = Courier {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
@@ -138,15 +124,16 @@ impl CourierOptions {
             process: None,
             _dir: dir,
         };
-        for _ in 0..attempts {
-            let port = courier.options.port.unwrap_or_else(free_port);
-            courier.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..START_ATTEMPTS {
+            courier.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
             match courier.spawn()? {
                 Spawned::Listening => return Ok(courier),
                 Spawned::PortTaken => continue,
             }
         }
-        Err(format!("courier did not start on {attempts} free port(s)"))
+        Err(format!(
+            "courier did not start on {START_ATTEMPTS} free ports"
+        ))
     }
 }
 
@@ -187,7 +174,6 @@ impl Courier {
             env: Vec::new(),
             inherit_env: false,
             log: None,
-            port: None,
         }
     }
 
@@ -234,7 +220,7 @@ impl Courier {
         }
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let said = text.get(log_start as usize..).unwrap_or(&text);
-        if said.contains("Address already in use") && self.options.port.is_none() {
+        if said.contains("Address already in use") {
             return Ok(Spawned::PortTaken);
         }
         Err(format!("courier exited at start on {addr}:\n{said}"))

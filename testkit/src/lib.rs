@@ -9,7 +9,8 @@
 //! - [`RedisCluster`]: three primaries (optionally a replica each, TLS, AOF) joined with
 //!   `redis-cli --cluster create`.
 //! - [`RedisServer`]: the Redis a test runs against, one node or a cluster as
-//!   `COURIER_TEST_REDIS` says, with [`TestConnection`] for fixtures and assertions.
+//!   `COURIER_TEST_REDIS` says, with [`TestConnection`] for fixtures and assertions;
+//!   [`Fixtures`] (`cmd`, `create_chat`, `xlen`, `pending`) works on all three.
 //! - [`Courier`]: a courier process on a free port, with its log file; stopped,
 //!   killed and started again on the same port.
 //! - [`token`], [`sign`]: HS256 tokens; [`WsClient`]: the protocol-speaking test

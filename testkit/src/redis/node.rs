@@ -26,7 +26,6 @@ pub struct NodeOptions {
     sentinel: Option<String>,
     args: Vec<String>,
     dir: Option<PathBuf>,
-    port: Option<u16>,
 }
 
 impl NodeOptions {
@@ -83,14 +82,6 @@ impl NodeOptions {
         }
     }
 
-    /// Starts on this port (no retry on another one if it is taken).
-    pub fn port(self, port: u16) -> Self {
-        Self {
-            port: Some(port),
-            ..self
-        }
-    }
-
     /// Starts the node and waits until it answers as itself.
     pub fn start(self) -> RedisNode {
         let dir = match &self.dir {
@@ -108,19 +99,14 @@ impl NodeOptions {
             options: self,
             process: None,
         };
-        let attempts = if node.options.port.is_some() {
-            1
-        } else {
-            START_ATTEMPTS
-        };
-        for _ in 0..attempts {
-            node.port = node.options.port.unwrap_or_else(free_port);
+        for _ in 0..START_ATTEMPTS {
+            node.port = free_port();
             node.bus_port = if node.options.cluster { free_port() } else { 0 };
             if node.spawn() {
                 return node;
             }
         }
-        panic!("redis-server did not start on {attempts} free port(s)");
+        panic!("redis-server did not start on {START_ATTEMPTS} free ports");
     }
 }
 
@@ -285,12 +271,7 @@ impl RedisNode {
 
     /// The CA that signed a TLS node's certificate (panics on a plain node).
     pub fn ca_file(&self) -> String {
-        self.certificates().expect("a TLS node").ca_file()
-    }
-
-    /// The certificates of a TLS node.
-    pub fn certificates(&self) -> Option<&Arc<Certificates>> {
-        self.options.tls.as_ref()
+        self.options.tls.as_ref().expect("a TLS node").ca_file()
     }
 
     /// Whether it keeps its data across a restart (AOF).
