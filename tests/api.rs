@@ -295,11 +295,10 @@ async fn pending_summary_matches_xpending_and_xinfo() {
     assert_eq!(publish(&courier, json!({"messages": texts})).await.0, 202);
     phone.recv_messages(3).await;
     laptop.recv_and_ack(3).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while redis.pending(2, "laptop") > 0 {
-        assert!(std::time::Instant::now() < deadline, "laptop's ack applied");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for("laptop's ack applied", async || {
+        redis.pending(2, "laptop") == 0
+    })
+    .await;
 
     let (status, summary) = pending_summary(&courier, 2).await;
 
@@ -475,7 +474,7 @@ async fn poison_message_is_dead_lettered_after_max_deliveries_then_replayed_end_
     for _ in 0..2 {
         assert_eq!(ids(&bob.recv_batch().await.messages), [id]);
     }
-    wait_for(|| redis.xlen("dead:{user:2}") == 1, "the dead letter").await;
+    wait_for("the dead letter", async || redis.xlen("dead:{user:2}") == 1).await;
     wait_for_pending(&redis, 2, "default", 0).await;
     let (status, summary) = pending_summary(&courier, 2).await;
     assert_eq!(status, 200, "{summary}");

@@ -230,13 +230,9 @@ async fn healthz_and_readyz_report_process_and_redis() {
     let (status, body) = http_get(courier.addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     redis.restart();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while http_get(courier.addr, "/readyz").await.0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz did not recover"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    Wait::new("readyz to recover")
+        .every(std::time::Duration::from_millis(50))
+        .until(async || http_get(courier.addr, "/readyz").await.0 == 200)
+        .await;
     assert_eq!(http_get(courier.addr, "/nope").await.0, 404);
 }

@@ -13,7 +13,7 @@ use courier_client::{
     ClientFrame, CloseCode, ConnectError, ConnectOptions, Connection, ErrorCode, Refusal,
     ServerFrame, TimeKey, TokenPlacement,
 };
-use support::{Courier, RedisServer, WAIT, token};
+use support::{Courier, Fixtures, RedisServer, WAIT, token};
 
 const ALICE: u64 = 1;
 const BOB: u64 = 2;

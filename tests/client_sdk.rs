@@ -25,7 +25,7 @@ use courier_client::{
     ErrorCode, Event, SendError,
 };
 use serde_json::json;
-use support::{RedisServer, SECRET, WAIT, free_port, token, token_with, wait_for};
+use support::{Fixtures, RedisServer, SECRET, WAIT, free_port, token, token_with, wait_for};
 use tokio::sync::broadcast;
 
 /// A courier that can be killed and started again **on the same port**, so that a
@@ -322,17 +322,15 @@ async fn write_then_kill_courier(
     let before = inbox_len(redis, inbox_of);
     redis.cmd::<String>(&["CLIENT", "PAUSE", "30000", "WRITE"]);
     send();
-    wait_for(
-        || send_script_paused(redis),
-        "courier's send script held in Redis",
-    )
+    wait_for("courier's send script held in Redis", async || {
+        send_script_paused(redis)
+    })
     .await;
     courier.signal("STOP");
     redis.cmd::<String>(&["CLIENT", "UNPAUSE"]);
-    wait_for(
-        || inbox_len(redis, inbox_of) == before + 1,
-        "the held batch written",
-    )
+    wait_for("the held batch written", async || {
+        inbox_len(redis, inbox_of) == before + 1
+    })
     .await;
     courier.kill();
 }

@@ -89,7 +89,10 @@ async fn offline_messages_are_delivered_on_connect_and_acked_ones_never_again() 
         texts(&to_bob.recv_and_ack(1).await),
         ["while you were away"]
     );
-    wait_for(|| cluster.pending(bob, "default") == 0, "the ack to land").await;
+    wait_for("the ack to land", async || {
+        cluster.pending(bob, "default") == 0
+    })
+    .await;
     to_bob.close().await;
 
     from_alice.send_acked(2, alice, &[(10, "second")]).await;
@@ -115,7 +118,10 @@ async fn unacked_entries_come_back_after_reconnect_with_the_same_ids_on_each_dev
     let on_phone = phone.recv_messages(2).await.0;
     let on_laptop = laptop.recv_and_ack(2).await;
     assert_eq!(on_phone, on_laptop, "each device gets every message");
-    wait_for(|| cluster.pending(bob, "laptop") == 0, "the laptop's ack").await;
+    wait_for("the laptop's ack", async || {
+        cluster.pending(bob, "laptop") == 0
+    })
+    .await;
     phone.close().await;
 
     let mut phone = courier.connect_device(bob, "phone").await;
@@ -200,7 +206,7 @@ async fn http_publish_dead_letters_and_replay_work_on_a_cluster() {
         assert_eq!(ids(&to_bob.recv_batch().await.messages), [id]);
     }
     let dead = format!("dead:{{user:{bob}}}");
-    wait_for(|| cluster.xlen(&dead) == 1, "the dead letter").await;
+    wait_for("the dead letter", async || cluster.xlen(&dead) == 1).await;
     let (status, summary) = api(
         &courier,
         "GET",
@@ -240,7 +246,7 @@ async fn instances_share_nothing_but_the_cluster() {
     // A send on one instance wakes the recipient on the other.
     from_alice.send_acked(1, alice, &[(10, "across")]).await;
     assert_eq!(texts(&to_bob.recv_and_ack(1).await), ["across"]);
-    wait_for(|| cluster.pending(bob, "default") == 0, "the ack").await;
+    wait_for("the ack", async || cluster.pending(bob, "default") == 0).await;
 
     // The device moves to the other instance and gets exactly its pending entries.
     from_alice
@@ -250,7 +256,7 @@ async fn instances_share_nothing_but_the_cluster() {
     to_bob.close().await;
     let mut to_bob = east.connect(bob).await;
     assert_eq!(texts(&to_bob.recv_and_ack(2).await), ["p1", "p2"]);
-    wait_for(|| cluster.pending(bob, "default") == 0, "the acks").await;
+    wait_for("the acks", async || cluster.pending(bob, "default") == 0).await;
     to_bob.close().await;
 
     // An instance dies with entries pending: the device's next connection, on the
@@ -262,7 +268,7 @@ async fn instances_share_nothing_but_the_cluster() {
     west.wait_exit();
     let mut to_bob = east.connect(bob).await;
     assert_eq!(texts(&to_bob.recv_and_ack(1).await), ["orphan"]);
-    wait_for(|| cluster.pending(bob, "default") == 0, "the ack").await;
+    wait_for("the ack", async || cluster.pending(bob, "default") == 0).await;
 }
 
 #[tokio::test]
@@ -300,17 +306,17 @@ async fn a_send_that_failed_on_one_node_is_completed_by_its_retry_with_the_same_
 
     cluster.nodes[carols_node].restart();
     cluster.wait_ready();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        from_alice.send_batch(2, alice, &[(chat, "split")]).await;
-        let frame = from_alice.recv_json().await;
-        if frame == json!({"type": "ack", "time_key": 2}) {
-            break;
-        }
-        assert_eq!(frame["code"], "unavailable", "{frame}");
-        assert!(Instant::now() < deadline, "the retry never succeeded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Wait::new("the retry to succeed")
+        .every(Duration::from_millis(100))
+        .until(async || {
+            from_alice.send_batch(2, alice, &[(chat, "split")]).await;
+            let frame = from_alice.recv_json().await;
+            if frame != json!({"type": "ack", "time_key": 2}) {
+                assert_eq!(frame["code"], "unavailable", "{frame}");
+            }
+            frame == json!({"type": "ack", "time_key": 2})
+        })
+        .await;
 
     let at_bob = cluster.inbox_ids(bob);
     let at_carol = cluster.inbox_ids(carol);
@@ -371,10 +377,12 @@ fn spawn_sender(courier: &Courier, sender: u64) -> Sender {
                 assert_eq!(frame["code"], "unavailable", "{frame}");
                 retries += 1;
                 assert!(retries < 400, "too many retries");
+                // A client's pause before it retries: part of the traffic, not a wait.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             acked.push(text);
             acks.fetch_add(1, Ordering::Relaxed);
+            // The sending pace (about 100 batches/s), not a wait.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         eprintln!("{} batches acked, {retries} retries", acked.len());
@@ -405,7 +413,7 @@ impl Sender {
 /// Waits until the sender has had `more` batches acked.
 async fn wait_for_acks(sender: &Sender, more: usize, what: &str) {
     let target = sender.acked_so_far() + more;
-    wait_for(|| sender.acked_so_far() >= target, what).await;
+    wait_for(what, async || sender.acked_so_far() >= target).await;
 }
 
 /// Stops the sender and returns its acked texts; if it failed, fails with the
@@ -485,7 +493,7 @@ async fn a_slot_migration_under_traffic_loses_no_acked_send() {
     let mut to_carol = courier.connect(carol).await;
 
     let sender = spawn_sender(&courier, alice);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_acks(&sender, 10, "traffic to flow before the migration").await;
     // Bob's slot (his inbox, list, markers, wake-up channel), then Alice's (her dedup
     // records and reservations) move to another primary, one key at a time.
     let moves = [
@@ -533,16 +541,13 @@ async fn a_primary_failover_under_traffic_loses_no_acked_send() {
     let bobs_replica = cluster.replica_of(bobs_primary);
 
     let sender = spawn_sender(&courier, alice);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_acks(&sender, 10, "traffic to flow before the failover").await;
     let started = Instant::now();
     cluster.nodes[bobs_primary].kill();
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + WAIT;
-        while !cluster.nodes[bobs_replica].is_primary() {
-            assert!(Instant::now() < deadline, "the replica never took over");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    Wait::new("the replica to take over")
+        .every(Duration::from_millis(50))
+        .until(async || tokio::task::block_in_place(|| cluster.nodes[bobs_replica].is_primary()))
+        .await;
     eprintln!("replica promoted {:?} after the kill", started.elapsed());
     wait_for_acks(&sender, 20, "sends to resume after the failover").await;
     let acked = finish(sender, &courier).await;

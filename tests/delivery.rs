@@ -222,10 +222,9 @@ async fn consumer_is_deleted_when_its_connection_ends_with_nothing_pending() {
         "one consumer per connection"
     );
     bob.close().await;
-    wait_for(
-        || consumers(&redis, 2, "default") == 0,
-        "the idle consumer to be deleted",
-    )
+    wait_for("the idle consumer to be deleted", async || {
+        consumers(&redis, 2, "default") == 0
+    })
     .await;
 
     let mut alice = courier.connect(1).await;
@@ -317,7 +316,10 @@ async fn a_full_read_is_followed_by_another_after_the_ack_without_a_wake_up() {
     alice.send_acked(1, 1, &[(10, "warm-up")]).await;
     bob.recv_and_ack(1).await;
     // Five entries and a single wake-up (as an operator could write them): only the
-    // full reads say that more may remain.
+    // full reads say that more may remain. They are written in one MULTI, so that a
+    // read still due from the warm-up's wake-up finds none or all of them.
+    let mut entries = redis::pipe();
+    entries.atomic();
     for (id, text) in [(101, "a"), (102, "b"), (103, "c"), (104, "d"), (105, "e")] {
         let id = id.to_string();
         let fields = [
@@ -330,8 +332,13 @@ async fn a_full_read_is_followed_by_another_after_the_ack_without_a_wake_up() {
             "content_text",
             text,
         ];
-        redis.cmd::<String>(&[&["XADD", "inbox:{user:2}", "*"][..], &fields].concat());
+        entries.add_command(command(
+            &[&["XADD", "inbox:{user:2}", "*"][..], &fields].concat(),
+        ));
     }
+    let _: redis::Value = entries
+        .query(&mut redis.conn())
+        .expect("XADD the five entries");
     redis.notify(2);
 
     let mut received = Vec::new();

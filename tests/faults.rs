@@ -82,10 +82,9 @@ async fn entry_past_max_deliveries_is_dead_lettered_and_not_delivered_again() {
     for _ in 0..3 {
         assert_eq!(texts(&bob.recv_batch().await.messages), ["poison"]);
     }
-    wait_for(
-        || redis.cmd::<u64>(&["XLEN", "dead:{user:2}"]) == 1,
-        "the dead letter",
-    )
+    wait_for("the dead letter", async || {
+        redis.cmd::<u64>(&["XLEN", "dead:{user:2}"]) == 1
+    })
     .await;
     wait_for_pending(&redis, 2, "default", 0).await;
     let dead: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
@@ -157,17 +156,13 @@ async fn redis_restart_keeps_clients_connected_and_loses_no_acked_send() {
     bob.ack(woken.time_key).await;
     wait_for_pending(&redis, 2, "default", 0).await;
 
-    let mut retries = 0;
-    loop {
-        alice.send_batch(2, 1, &[(10, "during")]).await;
-        let frame = alice.recv_json().await;
-        if frame == json!({"type": "ack", "time_key": 2}) {
-            break;
-        }
-        retries += 1;
-        assert!(retries < 100, "courier never recovered: {frame}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Wait::new("courier to recover and ack the retried batch")
+        .every(Duration::from_millis(50))
+        .until(async || {
+            alice.send_batch(2, 1, &[(10, "during")]).await;
+            alice.recv_json().await == json!({"type": "ack", "time_key": 2})
+        })
+        .await;
     assert_eq!(texts(&bob.recv_batch().await.messages), ["during"]);
     assert_eq!(
         redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]),
@@ -293,14 +288,11 @@ async fn silent_client_is_dropped_after_two_ping_intervals() {
     let courier = Courier::start(&redis.url(), &[("COURIER_PING_INTERVAL_MS", "200")]);
     let started = std::time::Instant::now();
     let mut bob = courier.connect(2).await;
-    wait_for(
-        || {
-            courier
-                .log_text()
-                .contains("no pong within two ping intervals")
-        },
-        "the silent client to be dropped",
-    )
+    wait_for("the silent client to be dropped", async || {
+        courier
+            .log_text()
+            .contains("no pong within two ping intervals")
+    })
     .await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -369,13 +361,16 @@ async fn dead_consumers_are_claimed_then_deleted_and_trimmed_entries_are_skipped
 
     // The dead instance's consumer, now empty, is deleted by a later join once it has
     // been idle for three poll intervals; live consumers are never deleted.
-    let mut joins = 0;
-    while consumers(&redis, 2, "default") > 1 {
-        joins += 1;
-        assert!(joins < 200, "stale consumer never deleted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        second.connect_device(2, "default").await.close().await;
-    }
+    Wait::new("a join to delete the stale consumer")
+        .every(Duration::from_millis(20))
+        .until(async || {
+            if consumers(&redis, 2, "default") <= 1 {
+                return true;
+            }
+            second.connect_device(2, "default").await.close().await;
+            false
+        })
+        .await;
     alice.send_acked(3, 1, &[(10, "still delivered")]).await;
     assert_eq!(texts(&bob.recv_batch().await.messages), ["still delivered"]);
 }

@@ -169,10 +169,9 @@ async fn one_message_is_one_trace_from_the_senders_batch_to_every_recipients_ack
             && count("deliver") == 2
             && count("ack") == 2
     };
-    wait_for(
-        || wanted(&receiver.spans()),
-        "the message's spans to be exported",
-    )
+    wait_for("the message's spans to be exported", async || {
+        wanted(&receiver.spans())
+    })
     .await;
 
     let spans: Vec<ReceivedSpan> = receiver

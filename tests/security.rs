@@ -93,15 +93,10 @@ async fn connections_per_user_are_capped_with_429() {
     courier.connect(2).await;
 
     first.close().await;
-    let mut attempts = 0;
-    while WsClient::connect_with_header(&url, "", "").await.is_err() {
-        attempts += 1;
-        assert!(
-            attempts < 100,
-            "the closed connection's slot was never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Wait::new("the closed connection's slot to be freed")
+        .every(Duration::from_millis(20))
+        .until(async || WsClient::connect_with_header(&url, "", "").await.is_ok())
+        .await;
 }
 
 #[tokio::test]
@@ -242,7 +237,7 @@ async fn redis_acl_password_never_appears_in_logs_or_errors() {
 
 #[tokio::test]
 async fn rediss_url_with_a_private_ca_works() {
-    let tls = TlsRedis::start();
+    let tls = RedisNode::start_tls();
     let ca = tls.ca_file();
     let courier = Courier::start(&tls.url(), &[("COURIER_REDIS_CA_FILE", ca.as_str())]);
     assert_eq!(

@@ -181,17 +181,16 @@ async fn redis_down_answers_unavailable_and_the_retry_is_written_once() {
     assert_eq!(error["time_key"], 9);
 
     redis.restart();
-    let mut attempts = 0;
-    loop {
-        alice.send_batch(9, 1, &[(10, "during outage")]).await;
-        let frame = alice.recv_json().await;
-        if frame["type"] == "ack" {
-            break;
-        }
-        assert_eq!(frame["code"], "unavailable", "{frame}");
-        attempts += 1;
-        assert!(attempts < 50, "redis never came back for courier");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    Wait::new("redis to come back for courier")
+        .every(std::time::Duration::from_millis(100))
+        .until(async || {
+            alice.send_batch(9, 1, &[(10, "during outage")]).await;
+            let frame = alice.recv_json().await;
+            if frame["type"] != "ack" {
+                assert_eq!(frame["code"], "unavailable", "{frame}");
+            }
+            frame["type"] == "ack"
+        })
+        .await;
     assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 1);
 }

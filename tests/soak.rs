@@ -65,6 +65,8 @@ async fn sender(url: String, user: u64, seed: u64) -> Vec<String> {
                 reply["code"], "unavailable",
                 "only outages may refuse a batch: {reply}"
             );
+            // The client's pause before it retries, and below its sending pace: the
+            // traffic, not waits.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.next() % 20)).await;
@@ -120,6 +122,7 @@ async fn receiver(
             Ok(client) => client,
             Err(refusal) => {
                 assert_eq!(refusal.status, 503, "{refusal:?}");
+                // The client's pause before it reconnects.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -210,6 +213,8 @@ async fn random_disconnects_and_a_redis_restart_lose_nothing_and_duplicate_nothi
         .map(|&user| tokio::spawn(sender(url.clone(), user, seed ^ (user << 8))))
         .collect();
 
+    // Durations under test: the outage comes a third into the traffic and lasts half
+    // a second.
     tokio::time::sleep(SEND_PHASE / 3).await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -226,15 +231,14 @@ async fn random_disconnects_and_a_redis_restart_lose_nothing_and_duplicate_nothi
     );
 
     // Drain: every receiver must end up holding every acked send.
-    let deadline = Instant::now() + Duration::from_secs(30);
     for user in RECEIVERS {
-        while !sent.is_subset(&seen[&user].lock().expect("lock").received) {
-            assert!(
-                Instant::now() < deadline,
-                "user {user} is missing messages after the drain"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Wait::new(&format!(
+            "user {user} to hold every acked message after the drain"
+        ))
+        .within(Duration::from_secs(30))
+        .every(Duration::from_millis(50))
+        .until(async || sent.is_subset(&seen[&user].lock().expect("lock").received))
+        .await;
     }
     stop.notify_waiters();
     for task in receivers {

@@ -79,6 +79,27 @@ pub struct Args {
     #[arg(long)]
     pub idle: bool,
 
+    /// A connect storm: open the connections, measure their idle cost for
+    /// `--storm-idle` s, print `loadgen: storm ready` on stderr and wait for a line
+    /// `go <courier pid>` on stdin (meanwhile the driver kills and restarts courier,
+    /// which drops every connection); then every client reconnects at once, retrying
+    /// failed attempts, until all are back or `--storm-timeout` s have passed.
+    #[arg(long, conflicts_with_all = ["idle", "rate", "max"])]
+    pub storm: bool,
+
+    /// Seconds of idle measurement before a storm.
+    #[arg(long, default_value_t = 5.0)]
+    pub storm_idle: f64,
+
+    /// Most seconds from `go` for every client to be back.
+    #[arg(long, default_value_t = 60.0)]
+    pub storm_timeout: f64,
+
+    /// Milliseconds a client waits before retrying a failed reconnect (times a random
+    /// factor in [0.5, 1.5)).
+    #[arg(long, default_value_t = 200)]
+    pub storm_retry_ms: u64,
+
     /// courier's process id: its RSS (VmRSS) and CPU (utime+stime) are sampled.
     #[arg(long)]
     pub courier_pid: Option<u32>,
@@ -132,10 +153,19 @@ pub struct Args {
 pub enum Pace {
     /// No sending (`--idle`).
     Idle,
+    /// No sending; the connections are dropped and come back at once (`--storm`).
+    Storm,
     /// Total sent messages per second.
     Rate(f64),
     /// As fast as the window allows.
     Max,
+}
+
+impl Pace {
+    /// Whether senders send in this mode.
+    pub fn sends(self) -> bool {
+        matches!(self, Self::Rate(_) | Self::Max)
+    }
 }
 
 /// Validated settings.
@@ -143,6 +173,7 @@ pub enum Pace {
 pub struct Plan {
     pub args: Args,
     pub pace: Pace,
+    /// courier's address (from `--url`), for its `/metrics`.
     pub server: SocketAddr,
     pub redis: RedisTarget,
     pub senders: usize,
@@ -174,6 +205,7 @@ impl Plan {
         let server = ws_addr(&args.url)?;
         let redis = redis_target(&args.redis)?;
         let pace = match (args.idle, args.rate, args.max) {
+            _ if args.storm => Pace::Storm,
             (true, None, false) => Pace::Idle,
             (true, _, _) => return Err("--idle takes neither --rate nor --max".into()),
             (false, Some(rate), false) if rate > 0.0 && rate <= 10_000_000.0 => Pace::Rate(rate),
@@ -185,7 +217,7 @@ impl Plan {
             return Err("--connections must be 1..=1000000".into());
         }
         let senders = args.senders.unwrap_or(args.connections.min(100));
-        if pace != Pace::Idle {
+        if pace.sends() {
             if args.fanout == 0 || args.fanout >= args.connections {
                 return Err("--fanout must be at least 1 and below --connections".into());
             }
@@ -199,7 +231,14 @@ impl Plan {
                 return Err("--text-bytes must be at most 1000000".into());
             }
         }
-        let durations = [args.duration, args.warmup, args.drain, args.connect_timeout];
+        let durations = [
+            args.duration,
+            args.warmup,
+            args.drain,
+            args.connect_timeout,
+            args.storm_idle,
+            args.storm_timeout,
+        ];
         if durations.iter().any(|d| !(0.0..=3600.0).contains(d)) {
             return Err("durations must be within 0..=3600 s".into());
         }
@@ -224,9 +263,13 @@ impl Plan {
 
     pub fn max_runtime(&self) -> Duration {
         let a = &self.args;
+        let phases = match self.pace {
+            Pace::Storm => a.storm_idle + a.storm_timeout + 600.0,
+            _ => a.warmup + a.duration + a.drain,
+        };
         Duration::from_secs_f64(
             a.max_runtime
-                .unwrap_or(a.warmup + a.duration + a.drain + 300.0)
+                .unwrap_or(phases + 300.0)
                 .clamp(1.0, 4.0 * 3600.0),
         )
     }

@@ -1,26 +1,22 @@
 //! One simulated client: a WebSocket connection from its own 127.0.0.x source address,
 //! that acks every delivery batch and, when it is a sender, sends batches on schedule.
+//! The connection itself is the kit's transport (`courier_testkit::ws`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use courier_testkit::ws::{ConnectError, ConnectOptions, Frame, WsConnection};
 use serde::Deserialize;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::args::Pace;
+use crate::storm::{self, Storm};
 use crate::tracker::Tracker;
 
 /// The sending period, the same for every sender.
@@ -34,7 +30,6 @@ pub struct Schedule {
 pub struct Ctx {
     pub tracker: Arc<Tracker>,
     pub url: String,
-    pub server: SocketAddr,
     pub pace: Pace,
     pub senders: usize,
     pub batch: usize,
@@ -49,6 +44,8 @@ pub struct Ctx {
     /// Becomes true when the run ends; every task then closes its connection.
     pub stop: watch::Receiver<bool>,
     pub connect: ConnectStats,
+    /// Set in a connect storm: a lost connection waits for `go` and comes back.
+    pub storm: Option<Storm>,
 }
 
 /// Outcome of the connection phase.
@@ -69,7 +66,7 @@ impl ConnectStats {
             + self.skipped.load(Ordering::Relaxed)
     }
 
-    fn fail(&self, error: String, max_failures: usize) {
+    pub fn fail(&self, error: String, max_failures: usize) {
         let failed = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
         if failed >= max_failures {
             self.give_up.store(true, Ordering::Relaxed);
@@ -117,8 +114,6 @@ struct Delivered<'a> {
     content_text: Cow<'a, str>,
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
 /// Connects (bounded by the semaphore and the timeout), then serves until stop.
 pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
     let ws = {
@@ -129,12 +124,12 @@ pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
             ctx.connect.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match tokio::time::timeout(ctx.connect_timeout, connect(&spec, &ctx)).await {
+        match tokio::time::timeout(ctx.connect_timeout, connect(&spec, &ctx.url)).await {
             Ok(Ok(ws)) => {
                 ctx.connect.open.fetch_add(1, Ordering::Relaxed);
                 ws
             }
-            Ok(Err(e)) => return ctx.connect.fail(e, ctx.max_connect_failures),
+            Ok(Err(e)) => return ctx.connect.fail(e.to_string(), ctx.max_connect_failures),
             Err(_) => {
                 return ctx
                     .connect
@@ -142,53 +137,54 @@ pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
             }
         }
     };
-    let mut client = Client {
-        ws,
-        index: spec.index,
-        user: spec.user,
-        sender: spec.sender,
-        pending: VecDeque::new(),
-        next_time_key: 1,
-        ctx: ctx.clone(),
-    };
-    if let Err(reason) = client.serve().await {
-        ctx.tracker.dropped(reason);
+    let mut ws = ws;
+    // A storm takes each client through one loss of its connection.
+    let mut storms_left = usize::from(ctx.storm.is_some());
+    loop {
+        let mut client = Client {
+            ws,
+            index: spec.index,
+            user: spec.user,
+            sender: spec.sender,
+            pending: VecDeque::new(),
+            next_time_key: 1,
+            ctx: ctx.clone(),
+        };
+        let served = client.serve().await;
+        ctx.tracker.abandoned(client.pending.len() as u64);
+        match (served, &ctx.storm) {
+            (Err(_), Some(storm)) if storms_left > 0 => {
+                storms_left -= 1;
+                match storm::rejoin(&spec, &ctx, storm).await {
+                    Some(again) => ws = again,
+                    None => return,
+                }
+            }
+            (served, _) => {
+                if let Err(reason) = served {
+                    ctx.tracker.dropped(reason);
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(3), client.ws.close()).await;
+                return;
+            }
+        }
     }
-    let abandoned = client.pending.len() as u64;
-    ctx.tracker.abandoned(abandoned);
-    let _ = tokio::time::timeout(Duration::from_secs(3), client.ws.close(None)).await;
 }
 
-async fn connect(spec: &ClientSpec, ctx: &Ctx) -> Result<Ws, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    socket
-        .bind(SocketAddr::new(spec.source.into(), 0))
-        .map_err(|e| format!("bind {}: {e}", spec.source))?;
-    let stream = socket
-        .connect(ctx.server)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = ctx
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("request: {e}"))?;
-    request.headers_mut().insert(
-        "token",
-        HeaderValue::from_str(&spec.token).map_err(|e| format!("token header: {e}"))?,
-    );
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    Ok(ws)
+/// Opens one connection as `spec`'s user from its source address, with small
+/// buffers (20,000 of them share one process).
+pub async fn connect(spec: &ClientSpec, url: &str) -> Result<WsConnection, ConnectError> {
+    let options = ConnectOptions {
+        source: Some(spec.source.into()),
+        lean: true,
+        ..ConnectOptions::default()
+    }
+    .header("token", &spec.token);
+    WsConnection::connect(url, &options).await
 }
 
 struct Client {
-    ws: Ws,
+    ws: WsConnection,
     index: usize,
     user: u64,
     sender: Option<(usize, u64)>,
@@ -248,11 +244,11 @@ impl Client {
                         schedule = *schedule_rx.borrow_and_update();
                     }
                 }
-                frame = self.ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await?,
-                    Some(Ok(Message::Close(frame))) => {
+                frame = self.ws.next_frame() => match frame {
+                    Some(Ok(Frame::Text(text))) => self.on_text(text.as_str()).await?,
+                    Some(Ok(Frame::Close(frame))) => {
                         return Err(match frame {
-                            Some(f) => format!("closed by courier: {} {}", u16::from(f.code), f.reason),
+                            Some((code, reason)) => format!("closed by courier: {code} {reason}"),
                             None => "closed by courier".into(),
                         });
                     }
@@ -311,7 +307,7 @@ impl Client {
             sent_ns,
         });
         self.ws
-            .send(Message::text(frame))
+            .send_text(frame)
             .await
             .map_err(|e| format!("send failed: {e}"))
     }
@@ -328,7 +324,7 @@ impl Client {
                 tracker.delivered(self.index, messages.iter().map(|m| m.content_text.as_ref()));
                 let ack = format!(r#"{{"type":"ack","time_key":{time_key}}}"#);
                 self.ws
-                    .send(Message::text(ack))
+                    .send_text(ack)
                     .await
                     .map_err(|e| format!("ack failed: {e}"))?;
             }

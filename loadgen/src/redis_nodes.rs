@@ -82,19 +82,71 @@ pub async fn create_chats(
     id_base: u64,
 ) -> Result<(), String> {
     let result = if target.cluster {
-        let conn = ClusterClient::builder(target.urls.clone())
-            .connection_timeout(CONNECTION_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .build()
-            .map_err(|e| format!("--redis: {e}"))?
-            .get_async_connection()
-            .await
-            .map_err(|e| format!("cannot connect to the Redis cluster: {e}"))?;
-        write_chats(conn, layout, id_base).await
+        write_chats(cluster_connection(target).await?, layout, id_base).await
     } else {
         write_chats(nodes[0].clone(), layout, id_base).await
     };
     result.map_err(|e| format!("cannot create chats in Redis: {e}"))
+}
+
+/// Entries pending in the `default` group of every one of these users' inboxes,
+/// summed (users without a group count 0): after a drain in which every delivery was
+/// acked, what is left waits for the ack timeout.
+pub async fn pending_total(
+    target: &RedisTarget,
+    nodes: &[MultiplexedConnection],
+    users: impl Iterator<Item = u64>,
+) -> Result<u64, String> {
+    let users: Vec<u64> = users.collect();
+    let result = if target.cluster {
+        count_pending(cluster_connection(target).await?, &users).await
+    } else {
+        count_pending(nodes[0].clone(), &users).await
+    };
+    result.map_err(|e| format!("cannot read XPENDING: {e}"))
+}
+
+async fn count_pending<C>(conn: C, users: &[u64]) -> redis::RedisResult<u64>
+where
+    C: ConnectionLike + Clone + Send,
+{
+    let mut total = 0;
+    for chunk in users.chunks(500) {
+        let replies = futures_util::future::join_all(chunk.iter().map(|user| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("XPENDING")
+                    .arg(format!("inbox:{{user:{user}}}"))
+                    .arg("default")
+                    .query_async::<redis::Value>(&mut conn)
+                    .await
+            }
+        }))
+        .await;
+        for reply in replies {
+            // A user without an inbox or group has nothing pending.
+            if let Ok(redis::Value::Array(summary)) = reply
+                && let Some(redis::Value::Int(count)) = summary.first()
+            {
+                total += *count as u64;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// A cluster connection of its own (unnamed: used only outside measured windows).
+async fn cluster_connection(
+    target: &RedisTarget,
+) -> Result<redis::cluster_async::ClusterConnection, String> {
+    ClusterClient::builder(target.urls.clone())
+        .connection_timeout(CONNECTION_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .build()
+        .map_err(|e| format!("--redis: {e}"))?
+        .get_async_connection()
+        .await
+        .map_err(|e| format!("cannot connect to the Redis cluster: {e}"))
 }
 
 /// One DEL + RPUSH pipeline per chat (one key, so one slot on a cluster), 500 chats

@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use crate::Point;
 use crate::args::{Pace, Plan};
-use crate::probes::{ProcSample, RedisSample};
+use crate::probes::{CourierCounters, ProcSample, RedisSample, is_probe};
+use crate::run::Point;
+use crate::storm::StormStats;
 use crate::tracker::{Percentiles, Reconciled, Tracker};
 
 /// Everything [`Report::build`] needs.
@@ -33,11 +34,13 @@ pub struct Inputs<'a> {
     pub rss_max_kib: u64,
     pub baseline_redis: Option<RedisSample>,
     pub connected_redis: Option<RedisSample>,
-    pub end_redis: Option<RedisSample>,
     pub courier_fds_open: Option<u64>,
     pub courier_fd_limit: Option<u64>,
     pub fd_soft: u64,
     pub fd_hard: u64,
+    pub pending_after_drain: Option<u64>,
+    pub courier_counters: Option<CourierCounters>,
+    pub storm: Option<StormStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +75,11 @@ pub struct RedisStats {
     pub courier_connections: u64,
     pub used_memory_bytes_baseline: u64,
     pub used_memory_bytes_connected: u64,
+    /// Commands per second over the window (INFO commandstats), loadgen's own INFO
+    /// and CLIENT probes left out: courier's Redis work.
+    pub commands_per_s: f64,
+    /// The same, per command (probes included, so nothing is hidden).
+    pub commands_per_s_by_command: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,7 +115,10 @@ pub struct Report {
     pub sent_msgs: u64,
     pub sent_batches: u64,
     pub acked_msgs: u64,
+    pub acked_batches: u64,
     pub refused_msgs: u64,
+    /// Sent batches answered with an error frame (by code in `errors`).
+    pub refused_batches: u64,
     pub unanswered_msgs: u64,
     pub deliveries: u64,
     pub unique_deliveries: u64,
@@ -123,6 +134,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub drained: bool,
     pub drain_s: f64,
+    /// Entries still pending in the users' groups after the drain (every delivery
+    /// was acked): they wait for courier's ack timeout.
+    pub pending_after_drain: Option<u64>,
     /// Sends acked by courier per second, over the measured window.
     pub acked_per_s: f64,
     /// Messages delivered per second (recipient deliveries), over the measured window.
@@ -131,7 +145,12 @@ pub struct Report {
     pub latency_ms: Percentiles,
     pub ack_latency_ms: Percentiles,
     pub courier: Option<CourierStats>,
+    /// courier's own counters at the end (`/metrics`): redeliveries, error frames
+    /// sent, Redis errors.
+    pub courier_counters: Option<CourierCounters>,
     pub redis: Option<RedisStats>,
+    /// The connect storm (`--storm`).
+    pub storm: Option<StormStats>,
     pub loadgen: LoadgenStats,
     /// redis-benchmark requests/s of the same run, as given with `--baseline`.
     pub baseline_rps: BTreeMap<String, f64>,
@@ -158,6 +177,21 @@ impl Report {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let (t0, courier0, redis0, own0) = i.window_start;
         let (t1, courier1, redis1, own1) = i.window_end;
+        let commands_per_s_by_command: BTreeMap<String, f64> = match (&redis0, &redis1) {
+            (Some(a), Some(b)) if (t1 - t0).as_secs_f64() > 0.0 => b
+                .calls_since(a)
+                .into_iter()
+                .map(|(name, calls)| (name, round(calls as f64 / (t1 - t0).as_secs_f64(), 2)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let commands_per_s = round(
+            commands_per_s_by_command
+                .iter()
+                .filter(|(name, _)| !is_probe(name))
+                .fold(0.0, |sum, (_, rate)| sum + rate),
+            2,
+        );
         let secs = (t1 - t0).as_secs_f64();
         let window_deliveries = load(&c.window_deliveries);
         let per_s = |x: u64| if secs > 0.0 { x as f64 / secs } else { 0.0 };
@@ -204,11 +238,12 @@ impl Report {
                         .map(|s| s.used_memory)
                         .unwrap_or_default(),
                     used_memory_bytes_connected: connected.used_memory,
+                    commands_per_s,
+                    commands_per_s_by_command,
                 })
             }
             _ => None,
         };
-        let _ = i.end_redis;
         let delivered_per_s = per_s(window_deliveries);
         let baseline_rps = i
             .plan
@@ -234,6 +269,7 @@ impl Report {
             scenario: args.scenario.clone(),
             mode: match i.plan.pace {
                 Pace::Idle => "idle",
+                Pace::Storm => "storm",
                 Pace::Rate(_) => "rate",
                 Pace::Max => "max",
             },
@@ -260,7 +296,9 @@ impl Report {
             sent_msgs: load(&c.sent_msgs),
             sent_batches: load(&c.sent_batches),
             acked_msgs: load(&c.acked_msgs),
+            acked_batches: load(&c.acked_batches),
             refused_msgs: load(&c.refused_msgs),
+            refused_batches: load(&c.refused_batches),
             unanswered_msgs: i.reconciled.unanswered_msgs,
             deliveries,
             unique_deliveries: load(&c.unique),
@@ -276,6 +314,7 @@ impl Report {
             errors: i.reconciled.errors,
             drained: i.drained,
             drain_s: round(i.drain_s, 3),
+            pending_after_drain: i.pending_after_drain,
             acked_per_s: round(per_s(load(&c.window_acked)), 1),
             delivered_per_s: round(delivered_per_s, 1),
             avg_delivery_batch: if batches > 0 {
@@ -286,7 +325,9 @@ impl Report {
             latency_ms: i.reconciled.latency,
             ack_latency_ms: i.reconciled.ack_latency,
             courier,
+            courier_counters: i.courier_counters,
             redis,
+            storm: i.storm,
             loadgen: LoadgenStats {
                 cpu_pct: round(pct(own0, own1, secs), 1),
                 fd_limit_soft: i.fd_soft,
@@ -313,7 +354,7 @@ impl Report {
                 .map(|e| format!("; first error: {e}"))
                 .unwrap_or_default()
         );
-        if self.mode != "idle" {
+        if self.mode == "rate" || self.mode == "max" {
             println!(
                 "load          {} senders, fan-out {}, batch {}, window {}, {}; {} s warm-up + {} s",
                 self.senders,
@@ -327,11 +368,13 @@ impl Report {
                 self.duration_s
             );
             println!(
-                "sent          {} msgs ({} batches): {} acked by courier, {} refused, {} unanswered",
+                "sent          {} msgs ({} batches): {} acked by courier ({} batches), {} refused ({} batches), {} unanswered",
                 self.sent_msgs,
                 self.sent_batches,
                 self.acked_msgs,
+                self.acked_batches,
                 self.refused_msgs,
+                self.refused_batches,
                 self.unanswered_msgs
             );
             println!(
@@ -360,6 +403,11 @@ impl Report {
                 "send→ack      p50 {:.2} ms, p99 {:.2}, max {:.2}",
                 a.p50, a.p99, a.max
             );
+            if let Some(pending) = self.pending_after_drain {
+                println!(
+                    "pending       {pending} entries left pending after the drain (they wait for the ack timeout)"
+                );
+            }
             if self.stalls > 0 {
                 println!(
                     "stalls        {} rate slots skipped (window full)",
@@ -382,7 +430,39 @@ impl Report {
                 c.fd_limit.map(|l| l.to_string()).unwrap_or("?".into())
             );
         }
+        if let Some(s) = &self.storm {
+            println!(
+                "storm         {} of {} back ({} gave up) after {} attempts; first join {:.2} s, last {:.2} s after go: {:.0} joins/s",
+                s.joins,
+                s.connections,
+                s.gave_up,
+                s.attempts,
+                s.first_join_s,
+                s.last_join_s,
+                s.joins_per_s
+            );
+            println!(
+                "storm         join p50 {:.0} ms, p99 {:.0} ms; failed attempts {:?}",
+                s.join_ms.p50, s.join_ms.p99, s.errors
+            );
+            println!(
+                "storm         {:.1} Redis commands per join ({:.1}/s while idle before); {:?}",
+                s.commands_per_join, s.idle_commands_per_s, s.commands
+            );
+        }
+        if let Some(c) = &self.courier_counters {
+            println!(
+                "courier       {} redelivered, {} Redis errors, error frames sent {:?}",
+                c.redelivered.map(|n| n.to_string()).unwrap_or("?".into()),
+                c.redis_errors,
+                c.errors_sent
+            );
+        }
         if let Some(r) = &self.redis {
+            println!(
+                "redis         {:.1} commands/s (loadgen's probes left out): {:?}",
+                r.commands_per_s, r.commands_per_s_by_command
+            );
             println!(
                 "redis         CPU {:.1}%{}; {} clients ({} of them courier's){}",
                 r.cpu_pct,

@@ -70,7 +70,10 @@ pub struct Counters {
     pub sent_msgs: AtomicU64,
     pub sent_batches: AtomicU64,
     pub acked_msgs: AtomicU64,
+    pub acked_batches: AtomicU64,
     pub refused_msgs: AtomicU64,
+    /// Sent batches answered with an error frame (`unavailable`, ...).
+    pub refused_batches: AtomicU64,
     /// Every delivered message, duplicates included.
     pub deliveries: AtomicU64,
     /// First deliveries of a (message, recipient).
@@ -116,7 +119,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -132,7 +135,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub fn of(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         if h.is_empty() {
             return Self::default();
@@ -267,6 +270,7 @@ impl Tracker {
         }
         let c = &self.counters;
         c.acked_msgs.fetch_add(count as u64, Ordering::Relaxed);
+        c.acked_batches.fetch_add(1, Ordering::Relaxed);
         c.inflight_batches.fetch_sub(1, Ordering::Relaxed);
         if self.in_window(now) {
             c.window_acked.fetch_add(count as u64, Ordering::Relaxed);
@@ -284,6 +288,7 @@ impl Tracker {
         }
         let c = &self.counters;
         c.refused_msgs.fetch_add(count as u64, Ordering::Relaxed);
+        c.refused_batches.fetch_add(1, Ordering::Relaxed);
         c.inflight_batches.fetch_sub(1, Ordering::Relaxed);
     }
 

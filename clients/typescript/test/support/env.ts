@@ -1,8 +1,7 @@
 /**
  * A private Redis and courier for one test file, through `courier-testenv`
- * (TESTENV-SPEC.md): the Rust test kit's process front-end, so these tests start
- * servers exactly as the Rust tests do. Until that binary is built, a stand-in of the
- * same protocol (testenv-standin.mjs) is used.
+ * (testkit/src/bin/courier-testenv): the Rust test kit's process front-end, so these
+ * tests start servers exactly as the Rust tests do.
  */
 
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
@@ -18,7 +17,6 @@ export const repoRoot = (() => {
   while (!existsSync(join(dir, 'Cargo.toml'))) dir = dirname(dir);
   return dir;
 })();
-const packageRoot = join(repoRoot, 'clients', 'typescript');
 
 interface Ready {
   ws: string;
@@ -51,14 +49,10 @@ export class TestEnv {
     const binary = process.env.COURIER_TESTENV ?? join(repoRoot, 'target', 'debug', 'courier-testenv');
     const args = ['--courier-bin', join(repoRoot, 'target', 'debug', 'courier')];
     for (const [key, value] of Object.entries(env)) args.push('--env', `${key}=${value}`);
-    // The stand-in serves only until courier-testenv is on main (then it is deleted).
-    const standIn = join(packageRoot, 'test', 'support', 'testenv-standin.mjs');
-    if (!existsSync(binary) && !existsSync(standIn)) {
+    if (!existsSync(binary)) {
       throw new Error(`${binary} is not built: cargo build -p courier-testkit --bin courier-testenv`);
     }
-    const child = existsSync(binary)
-      ? spawn(binary, args, { cwd: repoRoot })
-      : spawn(process.execPath, [standIn, ...args], { cwd: repoRoot });
+    const child = spawn(binary, args, { cwd: repoRoot });
     child.stderr.on('data', (chunk: Buffer) => process.stderr.write(chunk));
     const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
     const first = await within(60_000, 'courier-testenv to be ready', lines.next());

@@ -6,9 +6,9 @@
 //! [`RedisNode`] directly.
 
 use redis::cluster::ClusterConnection;
-use redis::{Cmd, ConnectionLike, FromRedisValue, RedisResult, Value};
+use redis::{Cmd, ConnectionLike, RedisResult, Value};
 
-use super::{RedisCluster, RedisNode, command, create_chat_in, pending_in};
+use super::{Fixtures, RedisCluster, RedisNode};
 
 /// The environment variable choosing the Redis of [`RedisServer`]: unset or
 /// `single` for one node, `cluster` for a three-primary cluster.
@@ -58,37 +58,6 @@ impl RedisServer {
         }
     }
 
-    /// A synchronous connection for assertions and fixtures (on a cluster, it
-    /// follows the keys' slots).
-    pub fn conn(&self) -> TestConnection {
-        match self {
-            Self::Single(node) => TestConnection::Single(node.conn()),
-            Self::Cluster(cluster) => TestConnection::Cluster(Box::new(cluster.conn())),
-        }
-    }
-
-    /// Runs one command and returns its reply.
-    pub fn cmd<T: FromRedisValue>(&self, args: &[&str]) -> T {
-        command(args)
-            .query(&mut self.conn())
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-    }
-
-    /// Creates `chat:<id>` with these members.
-    pub fn create_chat(&self, chat: u64, members: &[u64]) {
-        create_chat_in(&mut self.conn(), chat, members);
-    }
-
-    /// `XLEN key` (0 for a missing key).
-    pub fn xlen(&self, key: &str) -> u64 {
-        self.cmd(&["XLEN", key])
-    }
-
-    /// Number of entries pending in a user's device group.
-    pub fn pending(&self, user: u64, device: &str) -> u64 {
-        pending_in(&mut self.conn(), user, device)
-    }
-
     /// Publishes a wake-up for `user` the way courier does: `PUBLISH`, or sharded
     /// `SPUBLISH` on a cluster.
     pub fn notify(&self, user: u64) {
@@ -121,6 +90,42 @@ impl RedisServer {
         match self {
             Self::Single(node) => node.restart(),
             Self::Cluster(cluster) => cluster.restart(),
+        }
+    }
+
+    /// The server, or every running primary of the cluster: where per-node commands
+    /// (`FLUSHALL`, `INFO`) go.
+    pub fn primaries(&self) -> Vec<&RedisNode> {
+        match self {
+            Self::Single(node) => vec![node],
+            Self::Cluster(cluster) => cluster.primaries().collect(),
+        }
+    }
+
+    /// Every process's id (the server, or every node of the cluster), for profilers.
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::Single(node) => node.pid().into_iter().collect(),
+            Self::Cluster(cluster) => cluster.nodes.iter().filter_map(RedisNode::pid).collect(),
+        }
+    }
+
+    /// Empties every primary (`FLUSHALL`; loaded scripts stay).
+    pub fn flush_all(&self) {
+        for node in self.primaries() {
+            node.cmd::<()>(&["FLUSHALL"]);
+        }
+    }
+}
+
+impl Fixtures for RedisServer {
+    type Connection = TestConnection;
+
+    /// On a cluster, it follows the keys' slots.
+    fn conn(&self) -> TestConnection {
+        match self {
+            Self::Single(node) => TestConnection::Single(node.conn()),
+            Self::Cluster(cluster) => TestConnection::Cluster(Box::new(cluster.conn())),
         }
     }
 }
