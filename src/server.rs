@@ -4,9 +4,12 @@
 //! Routes: `GET /ws` (the WebSocket upgrade, `session::upgrade`), `/api/v1/...` (the
 //! HTTP API, `api`), `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //!
-//! Shutdown, when the signal given to [`run`] completes: stop accepting; cancel the
-//! node's shutdown token, so every WebSocket session closes with 1001; then wait, at
-//! most `COURIER_DRAIN_TIMEOUT_MS`, for the sessions.
+//! Shutdown, when the signal given to [`run`] completes: stop accepting; tell every
+//! HTTP connection to finish its request in flight and close (hyper's
+//! `graceful_shutdown`); cancel the node's shutdown token, so every WebSocket session
+//! closes with 1001; then wait, at most `COURIER_DRAIN_TIMEOUT_MS` in all, for the
+//! connections and then for the sessions (a request in flight may still be an
+//! upgrade that starts one).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +25,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::ConfigError;
@@ -42,6 +47,10 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
 /// and returns.
 pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
     info!(addr = ?listener.local_addr().ok(), instance = %node.instance_id, "courier listening");
+    // The connection tasks, so shutdown can wait for them; `closing` tells each one
+    // to finish its request in flight and close.
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -50,7 +59,7 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, node.clone()));
+                connections.spawn(serve_connection(stream, node.clone(), closing.clone()));
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");
@@ -59,21 +68,29 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<O
         }
     }
     drop(listener);
+    closing.cancel();
     node.shutdown.cancel();
+    connections.close();
     node.sessions.close();
-    if tokio::time::timeout(node.drain_timeout, node.sessions.wait())
-        .await
-        .is_err()
-    {
-        warn!("sessions did not close within the drain timeout");
+    let drained = tokio::time::timeout(node.drain_timeout, async {
+        connections.wait().await;
+        node.sessions.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            connections = connections.len(),
+            sessions = node.sessions.len(),
+            "connections did not close within the drain timeout"
+        );
     }
     node.close();
     info!("courier stopped");
 }
 
 /// Serves one HTTP connection (its requests, and the upgrade of a WebSocket) until it
-/// ends.
-async fn serve_connection(stream: TcpStream, node: Arc<Node>) {
+/// ends; once `closing` is cancelled, finishes the request in flight and closes.
+async fn serve_connection(stream: TcpStream, node: Arc<Node>, closing: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request| handle(node.clone(), request));
     let connection = http1::Builder::new()
@@ -81,6 +98,11 @@ async fn serve_connection(stream: TcpStream, node: Arc<Node>) {
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = closing.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
     let _ = connection.await;
 }
 

@@ -45,12 +45,29 @@ use writer::Outbox;
 pub use upgrade::upgrade;
 
 /// A connection ready to be served: authenticated, subscribed, its consumer joined.
+/// Either [`run`] serves it, or [`Prepared::release`] gives its consumer back.
 struct Prepared {
     slot: ConnectionSlot,
     claims: Claims,
     consumer: ConsumerRef,
     subscription: Subscription,
     span: tracing::Span,
+}
+
+impl Prepared {
+    /// The `connection` span.
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// For a connection that will never be served (the client went away before the
+    /// 101): deletes the consumer — unless it holds entries claimed from the device's
+    /// earlier connections, which then wait for the device's next connection, as at
+    /// any end — and, by dropping the rest, unsubscribes the wake-ups and frees the
+    /// user's connection slot.
+    async fn release(self, node: &Node) {
+        release_consumer(node, &self.consumer, &self.span).await;
+    }
 }
 
 /// Subscribes the user's wake-ups, then creates the consumer and claims what the

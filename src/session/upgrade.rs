@@ -3,19 +3,25 @@
 //! connection slot for the user — then the upgrade itself, and the session task.
 //!
 //! Refusals are HTTP errors with a JSON body (`crate::http`). The consumer is joined
-//! before the 101 is sent, so a Redis failure is still a 503.
+//! before the 101 is sent, so a Redis failure is still a 503. A client that goes away
+//! before taking the 101 leaves nothing behind: its consumer and its wake-up
+//! subscription are released at once, rather than left for a later connection of the
+//! device to clean up.
 
 use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ORIGIN};
 use hyper::{Request, StatusCode};
+use hyper_tungstenite::HyperWebsocket;
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::warn;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
 
-use crate::auth::{AuthError, query_param};
+use crate::auth::{AuthError, Claims, query_param};
 use crate::http::{HttpResponse, error};
-use crate::node::Node;
+use crate::node::{ConnectionSlot, Node};
+use crate::store::StoreError;
 
 /// Answers an upgrade request on `/ws`: a refusal, or the 101 that hands the
 /// connection to a session task on the node's session tracker.
@@ -80,28 +86,85 @@ pub async fn upgrade(node: Arc<Node>, mut request: Request<Incoming>) -> HttpRes
         Ok(upgrade) => upgrade,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_upgrade", &e.to_string()),
     };
-    let prepared = match super::prepare(&node, slot, claims, device, traceparent.as_deref()).await {
-        Ok(prepared) => prepared,
-        Err(e) => {
+    // The consumer is prepared by the session task, not by this handler: hyper drops
+    // the handler of a client that goes away, and a consumer it was joining would be
+    // left behind. The handler only waits for the answer: 101, or 503.
+    let (answer, prepared) = oneshot::channel();
+    let pending = Box::new(Pending {
+        slot,
+        claims,
+        device,
+        traceparent,
+        websocket,
+        answer,
+    });
+    node.sessions.spawn(session(node.clone(), pending));
+    match prepared.await {
+        Ok(Ok(())) => response,
+        Ok(Err(e)) => {
             warn!(error = %e, "cannot prepare session");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "storage unavailable, retry later",
-            );
+            unavailable()
+        }
+        Err(_) => unavailable(),
+    }
+}
+
+/// What the session task starts from: the checked request, the upgrade to come, and
+/// where to say whether the consumer is ready.
+struct Pending {
+    slot: ConnectionSlot,
+    claims: Claims,
+    device: String,
+    traceparent: Option<String>,
+    websocket: HyperWebsocket,
+    /// Told whether the consumer is ready; dropped (the send fails) when the client
+    /// went away before the 101.
+    answer: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The session task: prepares the consumer, then serves the connection once upgraded.
+/// A connection that is never served (the client went away before the 101, or the
+/// upgrade failed) releases its consumer and subscription at once.
+///
+/// `pending` is boxed: an async fn keeps its arguments in its state for its whole life,
+/// and this one lives as long as the connection.
+async fn session(node: Arc<Node>, pending: Box<Pending>) {
+    let Pending {
+        slot,
+        claims,
+        device,
+        traceparent,
+        websocket,
+        answer,
+    } = *pending;
+    let prepared = super::prepare(&node, slot, claims, device, traceparent.as_deref());
+    let prepared = match Box::pin(prepared).await {
+        Ok(prepared) => Box::new(prepared),
+        Err(e) => {
+            let _ = answer.send(Err(e));
+            return;
         }
     };
-    // Boxed: what an async block captures stays in its state for the connection's
-    // whole life.
-    let prepared = Box::new(prepared);
-    let sessions = node.sessions.clone();
-    sessions.spawn(async move {
-        match websocket.await {
-            Ok(ws) => super::run(node, *prepared, ws).await,
-            Err(e) => warn!(error = %e, "upgrade failed"),
+    if answer.send(Ok(())).is_err() {
+        debug!(parent: prepared.span(), "client went away before the upgrade");
+        Box::pin(prepared.release(&node)).await;
+        return;
+    }
+    match websocket.await {
+        Ok(ws) => super::run(node, *prepared, ws).await,
+        Err(e) => {
+            warn!(parent: prepared.span(), error = %e, "upgrade failed");
+            Box::pin(prepared.release(&node)).await;
         }
-    });
-    response
+    }
+}
+
+fn unavailable() -> HttpResponse {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "storage unavailable, retry later",
+    )
 }
 
 fn valid_device(device: &str) -> bool {
