@@ -1,15 +1,15 @@
 //! One WebSocket connection, from the upgrade to the last ack.
 //!
-//! [`upgrade()`] checks the request (DESIGN §1) and runs `prepare` before the upgrade:
-//! it subscribes the user's wake-ups and joins the device's consumer group (claiming
-//! what earlier connections left pending), so a Redis failure is still an HTTP error.
-//! `run` then serves the socket in one task:
-//! client frames go to `sending` (batches) and `delivery` (acks); wake-ups, the
-//! safety poll and the ack-timeout check make `delivery` read the inbox and push
-//! batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are unacked. Writes go
-//! through the bounded `writer::Outbox`. When the connection ends, its consumer is
-//! deleted if nothing is pending on it; otherwise the device's next connection
-//! claims the entries.
+//! [`upgrade()`] checks the request (DESIGN §1); the connection's task then runs
+//! `prepare` before the 101: it subscribes the user's wake-ups and joins the device's
+//! consumer group (claiming what earlier connections left pending), so a Redis
+//! failure is still an HTTP error. `run` then serves the socket in that task: client
+//! frames go to `sending` (batches, through the node's publisher) and `delivery`
+//! (acks); wake-ups, the safety poll and the ack-timeout check make `delivery` read
+//! the inbox and push batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are
+//! unacked. Writes go through the bounded `writer::Outbox`. When the connection ends
+//! (or is never served), its consumer is deleted if nothing is pending on it;
+//! otherwise the device's next connection claims the entries.
 
 mod delivery;
 mod inflight;

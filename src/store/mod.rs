@@ -8,6 +8,11 @@
 //! ([`notify::Notifier`]) — per node on a Redis Cluster. Nothing ever blocks a
 //! connection (no `BLOCK`). Single node or cluster is decided once, in [`backend`];
 //! every operation here runs on both.
+//!
+//! Every command of the store goes through one choke point, `Store::conn` (timed and
+//! counted per operation): what must apply to all Redis work goes there. What a
+//! message looks like in Redis is [`entry`]'s, every key and channel name [`keys`]'s,
+//! and how much Redis keeps [`settings::Retention`]'s.
 
 pub mod backend;
 mod cluster_conn;
@@ -114,7 +119,7 @@ pub struct Store {
 /// The shared connection, seen by one operation: every command sent through it is
 /// timed and counted under that operation's name. [`Store::conn`] is the only way to
 /// it, so every Redis command of the store passes here.
-pub(crate) struct TimedConnection {
+struct TimedConnection {
     inner: RedisBackend,
     operation: &'static str,
     metrics: Arc<Metrics>,
