@@ -194,7 +194,7 @@ impl Store {
         push_messages(&mut invocation, request, fan_out, &all);
         for (number, &user) in fan_out.recipients.iter().enumerate() {
             let local = fan_out.messages_of[number].iter().map(|&index| index + 1);
-            push_recipient(&mut invocation, user, local);
+            push_recipient(&mut invocation, user, local, all.len());
         }
         let reply: (i64, Value) = invocation
             .invoke_async(&mut self.conn("send"))
@@ -264,15 +264,20 @@ pub(super) fn push_messages(
 }
 
 /// One recipient's part of a send script's arguments (`send_writes.lua`): its
-/// wake-up channel, then the script's numbers of its messages, in order.
+/// wake-up channel, then the script's numbers of its messages, in order — or none
+/// (a count of 0) when it gets all `pushed` messages.
 pub(super) fn push_recipient(
     invocation: &mut ScriptInvocation<'_>,
     user: u64,
     numbers: impl ExactSizeIterator<Item = usize>,
+    pushed: usize,
 ) {
-    invocation
-        .arg(keys::notify_channel(user))
-        .arg(numbers.len());
+    invocation.arg(keys::notify_channel(user));
+    if numbers.len() == pushed {
+        invocation.arg(0);
+        return;
+    }
+    invocation.arg(numbers.len());
     for number in numbers {
         invocation.arg(number);
     }

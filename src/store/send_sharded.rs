@@ -185,7 +185,12 @@ impl Store {
                     .binary_search(index)
                     .map_or(0, |position| position + 1)
             });
-            push_recipient(&mut invocation, fan_out.recipients[member], numbers);
+            push_recipient(
+                &mut invocation,
+                fan_out.recipients[member],
+                numbers,
+                local.len(),
+            );
         }
         invocation
             .invoke_async::<u64>(&mut self.conn("send"))

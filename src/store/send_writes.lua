@@ -10,7 +10,9 @@
 --                  its value left empty for the script to fill in), then the legacy
 --                  list item (JSON)
 --   per recipient: its wake-up channel (notify:{user:<id>}), K, then K message
---                  numbers (1-based, in the order the messages were read), ascending
+--                  numbers (1-based, in the order the messages were read), ascending;
+--                  K = 0 for every message read (the common case, a batch to one chat:
+--                  no numbers to send and parse)
 --
 -- (No table per recipient, and positions rather than copies where it is cheap: this
 -- runs for every recipient of every send.)
@@ -35,15 +37,24 @@ local function next_recipient(pos)
   return pos + 2 + tonumber(ARGV[pos + 1])
 end
 
--- The writes of the recipient at ARGV[pos], in message order: each of its messages'
--- stream entry in `inbox` (trimmed to about `maxlen` entries) and legacy item in
--- `list`; then one wake-up on its channel with `publish` (PUBLISH, or SPUBLISH on a
--- Redis Cluster).
+-- One message's stream entry in `inbox` (trimmed to about `maxlen` entries) and its
+-- legacy item in `list`.
+local function write_message(inbox, list, maxlen, message)
+  redis.call('XADD', inbox, 'MAXLEN', '~', maxlen, '*', unpack(message.fields))
+  redis.call('RPUSH', list, message.legacy)
+end
+
+-- The writes of the recipient at ARGV[pos]: its messages in order, then one wake-up
+-- on its channel with `publish` (PUBLISH, or SPUBLISH on a Redis Cluster).
 local function write_recipient(inbox, list, pos, messages, maxlen, publish)
-  for i = pos + 2, next_recipient(pos) - 1 do
-    local message = messages[tonumber(ARGV[i])]
-    redis.call('XADD', inbox, 'MAXLEN', '~', maxlen, '*', unpack(message.fields))
-    redis.call('RPUSH', list, message.legacy)
+  if ARGV[pos + 1] == '0' then
+    for number = 1, #messages do
+      write_message(inbox, list, maxlen, messages[number])
+    end
+  else
+    for i = pos + 2, next_recipient(pos) - 1 do
+      write_message(inbox, list, maxlen, messages[tonumber(ARGV[i])])
+    end
   end
   redis.call(publish, ARGV[pos], '')
 end
