@@ -656,10 +656,21 @@ fn the_build_context_builds_with_the_dockerfiles_cargo_command() {
         .args(&command[1..])
         .current_dir(&context)
         .env("CARGO_TARGET_DIR", work.join("target"));
-    // What `cargo test` sets for its tests is not in the image's environment.
+    // What `cargo test` sets for this test is not in the image's environment; cargo's
+    // own configuration (CARGO_HOME, CARGO_NET_*, proxies, ...) stays.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if name.starts_with("CARGO_") && name != "CARGO_HOME" {
+        let set_for_tests = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if set_for_tests {
             build.env_remove(name.as_ref());
         }
     }
