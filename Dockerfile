@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # courier container image. Build: docker build -t courier .
 # Configuration is only through the environment (README, "Configuration"); at least
 # COURIER_REDIS_URL and COURIER_JWT_SECRET (or COURIER_JWT_PUBLIC_KEY_FILE).
@@ -6,20 +7,20 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 
-# Dependencies first, against placeholder sources: this layer is rebuilt only when
-# Cargo.toml or Cargo.lock change.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
- && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && cargo build --release --locked \
- && rm -rf src
+# The context is the cargo workspace, as .dockerignore admits it: the manifests, the
+# lock file and the sources of every member.
+COPY . .
 
-# Then courier itself. The touch makes cargo rebuild over the placeholder even when
-# the copied files keep older modification times.
-COPY src ./src
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked
+# Dependencies are cached across builds by BuildKit cache mounts (cargo's registry and
+# target/), not by a layer built over placeholder sources: the workspace has several
+# members (and other branches add more), and a placeholder for every member and every
+# target its manifest declares would have to follow each of them. With the mounts, a
+# source change recompiles courier alone. The cache is not part of the image, so the
+# binary is copied out of it.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+ && cp target/release/courier /usr/local/bin/courier
 
 # --- runtime -------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -28,7 +29,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin courier
-COPY --from=build /src/target/release/courier /usr/local/bin/courier
+COPY --from=build /usr/local/bin/courier /usr/local/bin/courier
 
 USER 10001:10001
 ENV COURIER_LISTEN=0.0.0.0:8080 \

@@ -3,8 +3,7 @@
 //! messages of 64-byte texts (the load generator's default size).
 //!
 //! The XREADGROUP reply parser (`store::reply::parse_entries`) is not benchmarked: the
-//! `reply` module is private and `StreamEntry::from_fields` is `pub(super)`, so no
-//! public API reaches it without a running Redis.
+//! `reply` module is private, so no public API reaches it without a running Redis.
 //!
 //! Run: `cargo bench --bench protocol` (add `-- --quick` for a short run).
 

@@ -6,11 +6,14 @@
 //! names the setting, so `main` can print it and exit with code 2.
 
 use std::net::SocketAddr;
+use std::ops::RangeBounds;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use clap::builder::BoolishValueParser;
+use clap::builder::{
+    BoolishValueParser, PossibleValuesParser, RangedU64ValueParser, TypedValueParser,
+};
 
 /// courier's configuration. Each field's doc says what it does and its default.
 #[derive(Debug, Clone, Parser)]
@@ -64,9 +67,10 @@ pub struct Config {
 
     /// Redelivery of a delivered but unacked entry after this many milliseconds.
     /// Defaults to 30000.
-    #[arg(long, env = "COURIER_ACK_TIMEOUT_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub ack_timeout_ms: u64,
+    #[arg(long = "ack-timeout-ms", value_name = "ACK_TIMEOUT_MS",
+          env = "COURIER_ACK_TIMEOUT_MS", default_value = "30000",
+          value_parser = millis(1..))]
+    pub ack_timeout: Duration,
 
     /// Deliveries of one entry before it is dead-lettered. Defaults to 10.
     #[arg(long, env = "COURIER_MAX_DELIVERIES", default_value_t = 10,
@@ -76,13 +80,13 @@ pub struct Config {
     /// Messages per delivery batch, and the most a client may send in one batch.
     /// Defaults to 100.
     #[arg(long, env = "COURIER_BATCH_MAX", default_value_t = 100,
-          value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub batch_max: u64,
+          value_parser = size(1..=10_000))]
+    pub batch_max: usize,
 
     /// Largest `content_text`, in UTF-8 bytes. Defaults to 4096.
     #[arg(long, env = "COURIER_MAX_TEXT_BYTES", default_value_t = 4096,
-          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
-    pub max_text_bytes: u64,
+          value_parser = size(1..=1_048_576))]
+    pub max_text_bytes: usize,
 
     /// Approximate number of entries kept per inbox stream (`XADD MAXLEN ~`).
     /// Defaults to 10000.
@@ -91,9 +95,10 @@ pub struct Config {
     pub stream_maxlen: u64,
 
     /// Seconds a sent batch's `time_key` is remembered for deduplication. Defaults to 300.
-    #[arg(long, env = "COURIER_DEDUP_WINDOW_S", default_value_t = 300,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub dedup_window_s: u64,
+    #[arg(long = "dedup-window-s", value_name = "DEDUP_WINDOW_S",
+          env = "COURIER_DEDUP_WINDOW_S", default_value = "300",
+          value_parser = seconds(1..))]
+    pub dedup_window: Duration,
 
     /// Also deliver each message to the sender's own inbox. Defaults to false.
     #[arg(long, env = "COURIER_DELIVER_TO_SENDER", default_value = "false",
@@ -110,44 +115,50 @@ pub struct Config {
 
     /// Safety poll of every connection's inbox, in milliseconds, in case a wake-up was
     /// missed. Defaults to 5000.
-    #[arg(long, env = "COURIER_POLL_INTERVAL_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(10..))]
-    pub poll_interval_ms: u64,
+    #[arg(long = "poll-interval-ms", value_name = "POLL_INTERVAL_MS",
+          env = "COURIER_POLL_INTERVAL_MS", default_value = "5000",
+          value_parser = millis(10..))]
+    pub poll_interval: Duration,
 
     /// Delivery batches a connection may have unacked at once; no more are read from
     /// Redis until the client acks. Defaults to 4.
     #[arg(long, env = "COURIER_MAX_INFLIGHT_BATCHES", default_value_t = 4,
-          value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub max_inflight_batches: u64,
+          value_parser = size(1..=1024))]
+    pub max_inflight_batches: usize,
 
     /// Frames queued for one connection's socket; a client that lets it fill is closed
     /// with 1013. Defaults to 64.
     #[arg(long, env = "COURIER_OUTBOUND_QUEUE", default_value_t = 64,
-          value_parser = clap::value_parser!(u64).range(1..=65_536))]
-    pub outbound_queue: u64,
+          value_parser = size(1..=65_536))]
+    pub outbound_queue: usize,
 
     /// Ping interval, in milliseconds; a client silent for two intervals is dropped.
     /// Defaults to 20000.
-    #[arg(long, env = "COURIER_PING_INTERVAL_MS", default_value_t = 20_000,
-          value_parser = clap::value_parser!(u64).range(100..))]
-    pub ping_interval_ms: u64,
+    #[arg(long = "ping-interval-ms", value_name = "PING_INTERVAL_MS",
+          env = "COURIER_PING_INTERVAL_MS", default_value = "20000",
+          value_parser = millis(100..))]
+    pub ping_interval: Duration,
 
     /// Largest WebSocket frame (and message) a client may send, in bytes; bigger ones
-    /// close the connection with 1009. Defaults to 1048576.
+    /// close the connection with 1009. Also the largest HTTP API body. Defaults to
+    /// 1048576.
     #[arg(long, env = "COURIER_MAX_FRAME_BYTES", default_value_t = 1_048_576,
-          value_parser = clap::value_parser!(u64).range(1024..=67_108_864))]
-    pub max_frame_bytes: u64,
+          value_parser = size(1024..=67_108_864))]
+    pub max_frame_bytes: usize,
 
     /// A socket write stalled this long (the client stopped reading) drops the
     /// connection as a slow consumer; its entries stay pending. Defaults to 10000.
-    #[arg(long, env = "COURIER_WRITE_TIMEOUT_MS", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(10..))]
-    pub write_timeout_ms: u64,
+    #[arg(long = "write-timeout-ms", value_name = "WRITE_TIMEOUT_MS",
+          env = "COURIER_WRITE_TIMEOUT_MS", default_value = "10000",
+          value_parser = millis(10..))]
+    pub write_timeout: Duration,
 
-    /// On SIGTERM/SIGINT, time allowed for connections to close before exiting, in
-    /// milliseconds. Defaults to 10000.
-    #[arg(long, env = "COURIER_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    pub drain_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, time allowed for connections (WebSocket sessions and HTTP
+    /// requests in flight) to close before exiting, in milliseconds. Defaults to 10000.
+    #[arg(long = "drain-timeout-ms", value_name = "DRAIN_TIMEOUT_MS",
+          env = "COURIER_DRAIN_TIMEOUT_MS", default_value = "10000",
+          value_parser = millis(..))]
+    pub drain_timeout: Duration,
 
     /// Most WebSocket connections one user may hold on this instance; more are refused
     /// with HTTP 429 before the upgrade. Defaults to 32.
@@ -173,14 +184,51 @@ pub struct Config {
     pub max_client_errors: u32,
 
     /// Timeout of one Redis command, in milliseconds. Defaults to 5000.
-    #[arg(long, env = "COURIER_REDIS_TIMEOUT_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub redis_timeout_ms: u64,
+    #[arg(long = "redis-timeout-ms", value_name = "REDIS_TIMEOUT_MS",
+          env = "COURIER_REDIS_TIMEOUT_MS", default_value = "5000",
+          value_parser = millis(1..))]
+    pub redis_timeout: Duration,
 
     /// Log format: `text` or `json`. Defaults to `text`.
     #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text",
-          value_parser = ["text", "json"])]
-    pub log_format: String,
+          value_parser = log_format())]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting in milliseconds within `range`, parsed into a `Duration`.
+fn millis(range: impl RangeBounds<u64>) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(range)
+        .map(Duration::from_millis)
+}
+
+/// A setting in seconds within `range`, parsed into a `Duration`.
+fn seconds(range: impl RangeBounds<u64>) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(range)
+        .map(Duration::from_secs)
+}
+
+/// `text` or `json`.
+fn log_format() -> impl TypedValueParser<Value = LogFormat> {
+    PossibleValuesParser::new(["text", "json"]).map(|format| match format.as_str() {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    })
+}
+
+/// A size (a count of items or bytes) within `range`.
+fn size(range: impl RangeBounds<u64>) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(range)
 }
 
 /// A configuration that cannot be used. Its `Display` is the one line `main` prints.
@@ -189,8 +237,10 @@ pub struct Config {
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// Parses flags and environment, then checks what clap cannot (JWT key present,
-    /// Redis URL well-formed). `--help` and `--version` print and exit here.
+    /// Parses flags and environment, then checks what clap cannot (a JWT key is
+    /// given). `--help` and `--version` print and exit here. The components check
+    /// their own formats when built from the configuration (the Redis URL by the
+    /// store, the key files by the authenticator), with errors of the same shape.
     pub fn load() -> Result<Self, ConfigError> {
         Self::load_from(std::env::args_os())
     }
@@ -220,20 +270,7 @@ impl Config {
                     .into(),
             ));
         }
-        if let Err(e) = crate::store::backend::Topology::parse(&self.redis_url) {
-            return Err(ConfigError(format!("COURIER_REDIS_URL (--redis-url): {e}")));
-        }
         Ok(())
-    }
-
-    /// The ack timeout as a `Duration`.
-    pub fn ack_timeout(&self) -> Duration {
-        Duration::from_millis(self.ack_timeout_ms)
-    }
-
-    /// The safety poll interval as a `Duration`.
-    pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
     }
 }
 

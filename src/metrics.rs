@@ -28,8 +28,8 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
-/// A Redis operation (`send`, `join`, `read_new`, `read_pending`, `ack`, `reclaim`,
-/// `dead_letter`, `leave`, `ping`).
+/// A Redis operation (`chat_members`, `send`, `join`, `read_new`, `read_pending`,
+/// `ack`, `reclaim`, `dead_letter`, `leave`, `ping`, `pending_summary`, `replay`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabel {
     /// The operation.

@@ -10,6 +10,10 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+/// Largest integer a JavaScript number holds exactly: every `time_key` the server
+/// chooses (delivery batches, and the HTTP API's generated keys) is at most this.
+pub const MAX_SAFE_TIME_KEY: u64 = (1 << 53) - 1;
+
 /// A client's batch name: any integer that fits in 64 bits, signed or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimeKey(i128);

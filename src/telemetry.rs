@@ -28,6 +28,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::config::LogFormat;
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are exported (OTLP endpoint configured).
@@ -51,13 +53,13 @@ impl Telemetry {
 }
 
 /// Installs the global subscriber (logs, and traces when configured). Call once.
-pub fn init(log_format: &str) -> Result<Telemetry, String> {
+pub fn init(log_format: LogFormat) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    let fmt = if log_format == "json" {
+    let fmt = if log_format == LogFormat::Json {
         fmt.json()
             .flatten_event(true)
             .with_current_span(true)

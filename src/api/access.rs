@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::ApiError;
 use crate::auth::bearer_token;
-use crate::server::AppState;
+use crate::node::Node;
 
 /// An authorised caller, named in the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl fmt::Display for Caller {
 
 /// Checks the request's bearer credential: the API key first (compared in constant
 /// time), then a service token.
-pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub fn authorize(node: &Node, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let credential = bearer_token(headers)
         .filter(|c| !c.is_empty())
         .ok_or_else(|| {
@@ -40,15 +40,15 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
                 "send `Authorization: Bearer <COURIER_API_KEY or service token>`".into(),
             )
         })?;
-    if state
-        .config
+    if node
+        .api
         .api_key
         .as_deref()
         .is_some_and(|key| is_key(key, &credential))
     {
         return Ok(Caller::ApiKey);
     }
-    match state.auth.verify_service(&credential) {
+    match node.auth.verify_service(&credential) {
         Ok(claims) if !claims.service.is_empty() => Ok(Caller::Service(claims.service)),
         Ok(_) => Err(ApiError::Unauthorized(
             "the service token's `service` claim is empty".into(),

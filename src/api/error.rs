@@ -6,8 +6,8 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::http::{HttpResponse, json_response};
 use crate::protocol::{ErrorCode, ProtocolError};
-use crate::server::{HttpResponse, json_response};
 use crate::store::StoreError;
 
 /// Why an API request was not served.
@@ -27,7 +27,7 @@ pub enum ApiError {
     #[error("the body is larger than {limit} bytes (COURIER_MAX_FRAME_BYTES)")]
     TooLarge {
         /// The limit, in bytes.
-        limit: u64,
+        limit: usize,
     },
     /// Refused as a WebSocket send would be: the protocol error code, with the status
     /// of `protocol_status`.

@@ -14,29 +14,29 @@ mod access;
 mod error;
 mod ops;
 mod publish;
-
-use std::sync::Arc;
+pub mod settings;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 
-use crate::server::{AppState, HttpResponse};
+use crate::http::HttpResponse;
+use crate::node::Node;
 pub use error::ApiError;
 
 /// Answers one request whose path starts with `/api/`.
-pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> HttpResponse {
-    dispatch(&state, request)
+pub async fn handle(node: &Node, request: Request<Incoming>) -> HttpResponse {
+    dispatch(node, request)
         .await
         .unwrap_or_else(|e| e.response())
 }
 
-async fn dispatch(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+async fn dispatch(node: &Node, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let route = Route::parse(request.method(), request.uri().path())?;
-    let caller = access::authorize(state, request.headers())?;
+    let caller = access::authorize(node, request.headers())?;
     match route {
-        Route::Publish => publish::publish(state, &caller, request.into_body()).await,
-        Route::Pending(user) => ops::pending(state, user).await,
-        Route::ReplayDeadLetters(user) => ops::replay(state, &caller, user).await,
+        Route::Publish => publish::publish(node, &caller, request.into_body()).await,
+        Route::Pending(user) => ops::pending(node, user).await,
+        Route::ReplayDeadLetters(user) => ops::replay(node, &caller, user).await,
     }
 }
 

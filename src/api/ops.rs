@@ -8,26 +8,20 @@ use tracing::info;
 
 use super::ApiError;
 use super::access::Caller;
-use crate::server::{AppState, HttpResponse, json_response};
+use crate::http::{HttpResponse, json_response};
+use crate::node::Node;
 
 /// `GET /api/v1/users/{id}/pending`: 200 with the
 /// [`PendingSummary`](crate::store::ops::PendingSummary).
-pub async fn pending(state: &AppState, user: u64) -> Result<HttpResponse, ApiError> {
-    let summary = state.store.pending_summary(user).await?;
+pub async fn pending(node: &Node, user: u64) -> Result<HttpResponse, ApiError> {
+    let summary = node.store.pending_summary(user).await?;
     Ok(json_response(StatusCode::OK, &summary))
 }
 
 /// `POST /api/v1/users/{id}/dead-letters/replay`: moves the user's dead letters back
 /// into the inbox and wakes their connections; 200 with how many moved.
-pub async fn replay(
-    state: &AppState,
-    caller: &Caller,
-    user: u64,
-) -> Result<HttpResponse, ApiError> {
-    let replayed = state
-        .store
-        .replay_dead_letters(user, state.config.stream_maxlen)
-        .await?;
+pub async fn replay(node: &Node, caller: &Caller, user: u64) -> Result<HttpResponse, ApiError> {
+    let replayed = node.store.replay_dead_letters(user).await?;
     info!(%caller, user, replayed, "dead letters replayed");
     Ok(json_response(
         StatusCode::OK,

@@ -2,10 +2,11 @@
 //!
 //! The body is a client batch without its `type`, and with `time_key` optional:
 //! `{"time_key": 123, "messages": [{"sender_id": 1, "chat_id": 10, "content_text": "hi"}]}`.
-//! It goes where a WebSocket batch goes: [`protocol::validate_batch`] (as the
-//! batch's sender), then [`crate::store::Store::send`] (membership of the sender,
-//! atomic fan-out, dedup of the `time_key` per sender). All messages of a request must
-//! have the same `sender_id`, so a request stays all-or-nothing: one script writes it.
+//! It goes where a WebSocket batch goes: the node's
+//! [`Publisher`](crate::publish::Publisher), as the batch's sender (validation,
+//! membership of the sender, atomic fan-out, dedup of the `time_key` per sender). All
+//! messages of a request must have the same `sender_id`, so a request stays
+//! all-or-nothing: one script writes it.
 //!
 //! Without a `time_key`, courier picks a random one below 2^53, so two requests never
 //! deduplicate each other by accident; the answer names it, and a caller that wants
@@ -19,12 +20,13 @@ use tracing::{Instrument, debug};
 
 use super::ApiError;
 use super::access::Caller;
+use crate::http::{HttpResponse, json_response};
+use crate::node::Node;
 use crate::protocol::{
-    self, BatchLimits, ErrorCode, OutgoingMessage, ProtocolError, SendBatch, TimeKey,
+    ErrorCode, MAX_SAFE_TIME_KEY, OutgoingMessage, ProtocolError, SendBatch, TimeKey,
 };
-use crate::server::{AppState, HttpResponse, json_response};
-use crate::session::MAX_SAFE_TIME_KEY;
-use crate::store::send::{SendError, SendOutcome};
+use crate::publish::PublishError;
+use crate::store::SendOutcome;
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -53,12 +55,12 @@ struct Accepted {
 
 /// Reads, validates and writes one batch; answers 202 with [`Accepted`].
 pub async fn publish(
-    state: &AppState,
+    node: &Node,
     caller: &Caller,
     body: Incoming,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = state.config.max_frame_bytes;
-    let bytes = match Limited::new(body, limit as usize).collect().await {
+    let limit = node.api.max_body_bytes;
+    let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<LengthLimitError>() => return Err(ApiError::TooLarge { limit }),
         Err(e) => {
@@ -69,11 +71,13 @@ pub async fn publish(
         }
     };
     let batch = decode(&bytes, random_time_key).map_err(ApiError::Refused)?;
-    let sender = check(&batch, state.session.limits).map_err(ApiError::Refused)?;
+    let sender = single_sender(&batch).map_err(ApiError::Refused)?;
     let time_key = batch.time_key;
     let count = batch.messages.len() as u64;
     let span = tracing::info_span!("publish", %caller, sender, %time_key, count);
-    let outcome = crate::publish::publish(state, sender, batch, Some(&span))
+    let outcome = node
+        .publisher
+        .publish(sender, batch, Some(&span))
         .instrument(span.clone())
         .await;
     let accepted = match outcome {
@@ -89,16 +93,8 @@ pub async fn publish(
             first_id,
             count,
         },
-        Err(SendError::NotAMember {
-            user,
-            chat_id,
-            index,
-        }) => {
-            return Err(ApiError::Refused(crate::publish::not_a_member(
-                user, chat_id, index, time_key,
-            )));
-        }
-        Err(SendError::Store(e)) => return Err(e.into()),
+        Err(PublishError::Refused(e)) => return Err(ApiError::Refused(e)),
+        Err(PublishError::Store(e)) => return Err(e.into()),
     };
     debug!(parent: &span, status = accepted.status, first_id = accepted.first_id, "batch written");
     Ok(json_response(StatusCode::ACCEPTED, &accepted))
@@ -119,9 +115,9 @@ fn decode(bytes: &[u8], generate: impl FnOnce() -> TimeKey) -> Result<SendBatch,
     ))
 }
 
-/// The batch's one sender, once the batch passed [`protocol::validate_batch`] as that
-/// sender. Several senders in one request are `invalid_frame`.
-fn check(batch: &SendBatch, limits: BatchLimits) -> Result<u64, ProtocolError> {
+/// The batch's one sender (the publisher then validates the batch as sent by it).
+/// Several senders in one request are `invalid_frame`.
+fn single_sender(batch: &SendBatch) -> Result<u64, ProtocolError> {
     let sender = batch.messages.first().map_or(0, |m| m.sender_id);
     if let Some((index, other)) = batch
         .messages
@@ -138,7 +134,6 @@ fn check(batch: &SendBatch, limits: BatchLimits) -> Result<u64, ProtocolError> {
         )
         .with_time_key(batch.time_key));
     }
-    protocol::validate_batch(batch, sender, limits)?;
     Ok(sender)
 }
 
@@ -150,6 +145,7 @@ fn random_time_key() -> TimeKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{self, BatchLimits};
 
     const LIMITS: BatchLimits = BatchLimits {
         batch_max: 2,
@@ -162,7 +158,10 @@ mod tests {
 
     fn code(body: &str) -> ErrorCode {
         decode(body.as_bytes(), fixed)
-            .and_then(|batch| check(&batch, LIMITS))
+            .and_then(|batch| {
+                let sender = single_sender(&batch)?;
+                protocol::validate_batch(&batch, sender, LIMITS)
+            })
             .expect_err("refused")
             .code
     }
@@ -175,7 +174,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(batch.time_key, fixed());
-        assert_eq!(check(&batch, LIMITS), Ok(1));
+        assert_eq!(single_sender(&batch), Ok(1));
         let batch = decode(
             br#"{"time_key":-4,"messages":[{"sender_id":1,"chat_id":10,"content_text":"hi"}]}"#,
             fixed,

@@ -7,9 +7,9 @@ use tracing::{debug, warn};
 
 use super::inflight::Batch;
 use super::{Ending, Session, now_micros, store_error};
-use crate::protocol::{ErrorCode, ProtocolError, ServerFrame, TimeKey};
-use crate::store::StreamEntry;
-use crate::store::inbox::{EntryBody, ReadFrom};
+use crate::protocol::{DeliveredMessage, ErrorCode, ProtocolError, ServerFrame, TimeKey};
+use crate::store::inbox::ReadFrom;
+use crate::store::{EntryBody, StoredMessage, StreamEntry};
 use crate::telemetry;
 
 /// How long to wait before reading again after `failures` failed reads in a row:
@@ -35,21 +35,21 @@ impl Session {
     /// session polls it) sets it again and causes another read. It is set again at
     /// once when more may remain: a full read, or the consumer's own pending history.
     pub(super) async fn deliver(&mut self) -> Result<(), Ending> {
-        let batch_max = self.state.session.batch_max;
+        let batch_max = self.node.session.batch_max;
         while self.want_read && self.inflight.has_room() {
             self.want_read = false;
             let from = match &self.history_cursor {
                 Some(cursor) => ReadFrom::PendingAfter(cursor),
                 None => ReadFrom::New,
             };
-            let entries = match self.state.store.read(&self.consumer, from, batch_max).await {
+            let entries = match self.node.store.read(&self.consumer, from, batch_max).await {
                 Ok(entries) => {
                     self.read_retry = None;
                     entries
                 }
                 Err(e) => {
                     let failures = self.read_retry.map_or(0, |(_, failures)| failures) + 1;
-                    let delay = read_retry_delay(failures, self.state.session.poll_interval);
+                    let delay = read_retry_delay(failures, self.node.session.poll_interval);
                     warn!(error = %e, ?delay, "inbox read failed; retrying");
                     self.read_retry = Some((tokio::time::Instant::now() + delay, failures));
                     return Ok(());
@@ -74,9 +74,9 @@ impl Session {
     /// a new batch, retiring the batches that held them.
     pub(super) async fn reclaim(&mut self) -> Result<(), Ending> {
         self.last_reclaim = Instant::now();
-        let settings = &self.state.session;
+        let settings = &self.node.session;
         let reclaimed = self
-            .state
+            .node
             .store
             .reclaim(
                 &self.consumer,
@@ -114,8 +114,8 @@ impl Session {
     /// deliveries and malformed ones are dead-lettered; trimmed ones are acked, as
     /// none of them can be delivered.
     async fn push_batch(&mut self, entries: Vec<StreamEntry>) -> Result<(), Ending> {
-        let max_deliveries = self.state.session.max_deliveries;
-        let metrics = self.state.metrics.clone();
+        let max_deliveries = self.node.session.max_deliveries;
+        let metrics = self.node.metrics.clone();
         let mut messages = Vec::with_capacity(entries.len());
         let mut stream_ids = Vec::with_capacity(entries.len());
         let mut traced = Vec::new();
@@ -145,25 +145,19 @@ impl Session {
                     if let Some(traceparent) = traceparent.filter(|_| telemetry::enabled()) {
                         traced.push((message.id, traceparent, entry.deliveries));
                     }
-                    messages.push(message);
+                    messages.push(delivered(message));
                     stream_ids.push(entry.stream_id);
                 }
             }
         }
         if !trimmed.is_empty() {
             self.count_trimmed(trimmed.len() as u64);
-            if let Err(e) = self.state.store.ack(&self.consumer, &trimmed).await {
+            if let Err(e) = self.node.store.ack(&self.consumer, &trimmed).await {
                 warn!(error = %e, "could not ack trimmed entries");
             }
         }
         if !dead.is_empty() {
-            let maxlen = self.state.session.dead_letter_maxlen;
-            match self
-                .state
-                .store
-                .dead_letter(&self.consumer, &dead, maxlen)
-                .await
-            {
+            match self.node.store.dead_letter(&self.consumer, &dead).await {
                 Ok(copied) => {
                     warn!(count = copied, "entries moved to dead letters");
                     metrics.messages_dead_lettered.inc_by(copied);
@@ -217,16 +211,11 @@ impl Session {
             );
         };
         let batch_time_key = batch.time_key;
-        if let Err(e) = self
-            .state
-            .store
-            .ack(&self.consumer, &batch.stream_ids)
-            .await
-        {
+        if let Err(e) = self.node.store.ack(&self.consumer, &batch.stream_ids).await {
             return self.reply_error(&store_error(e).with_time_key(time_key));
         }
         if let Some(batch) = self.inflight.take(batch_time_key) {
-            let metrics = &self.state.metrics;
+            let metrics = &self.node.metrics;
             metrics.acks.inc();
             metrics
                 .deliver_to_ack
@@ -252,8 +241,24 @@ impl Session {
                 count = trimmed,
                 "pending entries were trimmed before delivery"
             );
-            self.state.metrics.messages_trimmed.inc_by(trimmed);
+            self.node.metrics.messages_trimmed.inc_by(trimmed);
         }
+    }
+}
+
+/// A stored message as the wire protocol delivers it.
+fn delivered(message: StoredMessage) -> DeliveredMessage {
+    let StoredMessage {
+        id,
+        sender_id,
+        chat_id,
+        content_text,
+    } = message;
+    DeliveredMessage {
+        id,
+        sender_id,
+        chat_id,
+        content_text,
     }
 }
 

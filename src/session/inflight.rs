@@ -13,8 +13,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-/// Largest integer a JavaScript number holds exactly.
-pub const MAX_SAFE_TIME_KEY: u64 = (1 << 53) - 1;
+use crate::protocol::MAX_SAFE_TIME_KEY;
 
 /// One pushed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,9 +1,7 @@
-//! Abuse limits: per connection, a token bucket for frames per second and one for
-//! client errors (pure: time is passed in); per user, a cap on connections to this
-//! instance.
+//! Abuse limits of one connection: a token bucket for frames per second and one for
+//! client errors (pure: time is passed in). The cap on connections per user is the
+//! node's (`node::connections`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A token bucket: `capacity` tokens, refilled continuously at `per_second`.
@@ -91,51 +89,6 @@ impl Limits {
 /// How long a full error budget takes to refill.
 pub const ERROR_WINDOW: Duration = Duration::from_secs(60);
 
-/// Open connections per user on this instance.
-#[derive(Debug, Default)]
-pub struct UserConnections {
-    counts: Mutex<HashMap<u64, u32>>,
-}
-
-/// One open connection of a user; dropping it frees the slot.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    user: u64,
-    registry: Arc<UserConnections>,
-}
-
-impl UserConnections {
-    /// A slot for `user`, unless it already has `max` connections here.
-    pub fn try_acquire(self: &Arc<Self>, user: u64, max: u32) -> Option<ConnectionSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(user).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(ConnectionSlot {
-            user,
-            registry: self.clone(),
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut counts = self
-            .registry
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.user);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,16 +119,5 @@ mod tests {
         assert!(limits.on_error(start));
         assert!(!limits.on_error(start));
         assert!(limits.on_error(start + ERROR_WINDOW), "the budget refills");
-    }
-
-    #[test]
-    fn connections_per_user_are_capped_and_freed_on_drop() {
-        let registry = Arc::new(UserConnections::default());
-        let first = registry.try_acquire(1, 2).expect("first");
-        let _second = registry.try_acquire(1, 2).expect("second");
-        assert!(registry.try_acquire(1, 2).is_none());
-        assert!(registry.try_acquire(2, 2).is_some(), "per user");
-        drop(first);
-        assert!(registry.try_acquire(1, 2).is_some());
     }
 }

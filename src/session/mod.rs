@@ -1,20 +1,23 @@
 //! One WebSocket connection, from the upgrade to the last ack.
 //!
-//! [`prepare`] runs before the upgrade: it subscribes the user's wake-ups and joins
-//! the device's consumer group (claiming what earlier connections left pending), so a
-//! Redis failure is still an HTTP error. [`run`] then serves the socket in one task:
-//! client frames go to `sending` (batches) and `delivery` (acks); wake-ups, the
-//! safety poll and the ack-timeout check make `delivery` read the inbox and push
-//! batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are unacked. Writes go
-//! through the bounded `writer::Outbox`. When the connection ends, its consumer is
-//! deleted if nothing is pending on it; otherwise the device's next connection
-//! claims the entries.
+//! [`upgrade()`] checks the request (DESIGN §1); the connection's task then runs
+//! `prepare` before the 101: it subscribes the user's wake-ups and joins the device's
+//! consumer group (claiming what earlier connections left pending), so a Redis
+//! failure is still an HTTP error. `run` then serves the socket in that task: client
+//! frames go to `sending` (batches, through the node's publisher) and `delivery`
+//! (acks); wake-ups, the safety poll and the ack-timeout check make `delivery` read
+//! the inbox and push batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are
+//! unacked. Writes go through the bounded `writer::Outbox`. When the connection ends
+//! (or is never served), its consumer is deleted if nothing is pending on it;
+//! otherwise the device's next connection claims the entries.
 
 mod delivery;
 mod inflight;
 mod limits;
 mod schedule;
 mod sending;
+pub mod settings;
+mod upgrade;
 mod writer;
 
 use std::sync::Arc;
@@ -27,64 +30,44 @@ use hyper_tungstenite::tungstenite::{self, Message};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::auth::Claims;
+use crate::node::{ConnectionSlot, Node};
 use crate::protocol::{
-    self, BatchLimits, ClientFrame, CloseCode, ErrorCode, ProtocolError, ServerFrame, TimeKey,
+    self, ClientFrame, CloseCode, ErrorCode, ProtocolError, ServerFrame, TimeKey,
 };
-use crate::server::AppState;
 use crate::store::notify::Subscription;
-use crate::store::send::SendPolicy;
 use crate::store::{ConsumerRef, StoreError};
 use inflight::InFlight;
 use limits::{Limits, Verdict};
 use schedule::{Due, Schedule};
+use settings::SessionSettings;
 use writer::Outbox;
 
-pub use inflight::MAX_SAFE_TIME_KEY;
-pub use limits::{ConnectionSlot, UserConnections};
-
-/// Per-connection settings, derived once from the configuration.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    /// Messages per delivery batch.
-    pub batch_max: usize,
-    /// Unacked delivery batches per connection.
-    pub max_inflight_batches: usize,
-    /// Frames queued for the socket.
-    pub outbound_queue: usize,
-    /// Limits on sent batches.
-    pub limits: BatchLimits,
-    /// Fan-out and retention of sends.
-    pub send_policy: SendPolicy,
-    /// Safety poll interval.
-    pub poll_interval: Duration,
-    /// Ping interval; a peer silent for two intervals is dropped.
-    pub ping_interval: Duration,
-    /// Bound of the dead-letter stream.
-    pub dead_letter_maxlen: u64,
-    /// Redelivery after this long unacked.
-    pub ack_timeout: Duration,
-    /// Deliveries before an entry is dead-lettered.
-    pub max_deliveries: u64,
-    /// A consumer with nothing pending that has not read for this long is deleted by
-    /// the next connection of its device.
-    pub stale_consumer_after: Duration,
-    /// A socket write stalled this long closes the connection (slow consumer).
-    pub write_timeout: Duration,
-    /// Sustained client frames per second.
-    pub rate_limit_fps: u32,
-    /// Burst of client frames above the sustained rate.
-    pub rate_limit_burst: u32,
-    /// Client errors per minute before a 1008 close.
-    pub max_client_errors: u32,
-}
+pub use upgrade::upgrade;
 
 /// A connection ready to be served: authenticated, subscribed, its consumer joined.
-pub struct Prepared {
+/// Either [`run`] serves it, or [`Prepared::release`] gives its consumer back.
+struct Prepared {
     slot: ConnectionSlot,
     claims: Claims,
     consumer: ConsumerRef,
     subscription: Subscription,
     span: tracing::Span,
+}
+
+impl Prepared {
+    /// The `connection` span.
+    fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// For a connection that will never be served (the client went away before the
+    /// 101): deletes the consumer — unless it holds entries claimed from the device's
+    /// earlier connections, which then wait for the device's next connection, as at
+    /// any end — and, by dropping the rest, unsubscribes the wake-ups and frees the
+    /// user's connection slot.
+    async fn release(self, node: &Node) {
+        release_consumer(node, &self.consumer, &self.span).await;
+    }
 }
 
 /// Subscribes the user's wake-ups, then creates the consumer and claims what the
@@ -93,8 +76,8 @@ pub struct Prepared {
 ///
 /// `traceparent` (from the upgrade request) makes the connection span continue the
 /// client's trace.
-pub async fn prepare(
-    state: &AppState,
+async fn prepare(
+    node: &Node,
     slot: ConnectionSlot,
     claims: Claims,
     device: String,
@@ -103,7 +86,7 @@ pub async fn prepare(
     let consumer = ConsumerRef {
         user: claims.id,
         device,
-        consumer: format!("{}-{}", state.instance_id, uuid::Uuid::new_v4()),
+        consumer: format!("{}-{}", node.instance_id, uuid::Uuid::new_v4()),
     };
     let span = tracing::info_span!(
         "connection",
@@ -114,14 +97,14 @@ pub async fn prepare(
     if let Some(traceparent) = traceparent {
         crate::telemetry::set_remote_parent(&span, traceparent);
     }
-    let subscription = state.notifier.subscribe(claims.id).await?;
-    let report = state
+    let subscription = node.notifier.subscribe(claims.id).await?;
+    let report = node
         .store
-        .join(&consumer, state.session.stale_consumer_after)
+        .join(&consumer, node.session.stale_consumer_after)
         .instrument(span.clone())
         .await?;
     if report.trimmed > 0 {
-        state.metrics.messages_trimmed.inc_by(report.trimmed);
+        node.metrics.messages_trimmed.inc_by(report.trimmed);
         warn!(parent: &span, trimmed = report.trimmed, "pending entries were trimmed before delivery");
     }
     debug!(
@@ -145,8 +128,8 @@ pub async fn prepare(
 /// the connection, and whose size is paid per connection — holds the session alone:
 /// an `async fn` would keep its arguments (the WebSocket stream, the prepared parts)
 /// in its state for its whole life, moved out or not.
-pub fn run(
-    state: Arc<AppState>,
+fn run(
+    node: Arc<Node>,
     prepared: Prepared,
     ws: HyperWebsocketStream,
 ) -> impl Future<Output = ()> + Send {
@@ -158,20 +141,17 @@ pub fn run(
         span,
     } = prepared;
     let (sink, stream) = ws.split();
-    let outbox = Outbox::spawn(
-        sink,
-        state.session.outbound_queue,
-        state.session.write_timeout,
-    );
+    let settings = &node.session;
+    let outbox = Outbox::spawn(sink, settings.outbound_queue, settings.write_timeout);
     let session = Session {
-        inflight: InFlight::new(state.session.max_inflight_batches),
+        inflight: InFlight::new(settings.max_inflight_batches),
         limits: Limits::new(
-            state.session.rate_limit_fps,
-            state.session.rate_limit_burst,
-            state.session.max_client_errors,
+            settings.rate_limit_fps,
+            settings.rate_limit_burst,
+            settings.max_client_errors,
             Instant::now(),
         ),
-        state,
+        node,
         claims,
         consumer,
         subscription,
@@ -185,7 +165,7 @@ pub fn run(
         last_seen: Instant::now(),
         _slot: slot,
     };
-    session.state.metrics.connections.inc();
+    session.node.metrics.connections.inc();
     info!(parent: &session.span, "connected");
     session.live(stream)
 }
@@ -202,7 +182,7 @@ enum Ending {
 
 /// The state of one connection, owned by its task.
 struct Session {
-    state: Arc<AppState>,
+    node: Arc<Node>,
     claims: Claims,
     consumer: ConsumerRef,
     subscription: Subscription,
@@ -237,7 +217,7 @@ impl Session {
         let span = self.span.clone();
         let ending = self.serve(&mut stream).instrument(span.clone()).await;
         let Session {
-            state,
+            node,
             outbox,
             consumer,
             ..
@@ -254,23 +234,20 @@ impl Session {
             }
             Ending::Dropped(why) => info!(parent: &span, why, "connection dropped"),
         }
-        state.metrics.connections.dec();
-        match Box::pin(state.store.leave(&consumer)).await {
-            Ok(deleted) => debug!(parent: &span, deleted, "consumer released"),
-            Err(e) => warn!(parent: &span, error = %e, "could not release consumer"),
-        }
+        node.metrics.connections.dec();
+        Box::pin(release_consumer(&node, &consumer, &span)).await;
     }
 
     async fn serve(&mut self, stream: &mut SplitStream<HyperWebsocketStream>) -> Ending {
         // An Arc, not a copy of the settings: this future lives as long as the
         // connection, and its size is paid per connection.
-        let state = self.state.clone();
-        let settings = &state.session;
+        let node = self.node.clone();
+        let settings = &node.session;
         let mut schedule = Schedule::new(settings);
         // Pinned once: a timer made anew at every turn of the loop would be
         // registered anew each time.
         let mut expiry = std::pin::pin!(sleep_until(token_expiry(&self.claims)));
-        let shutdown = self.state.shutdown.clone();
+        let shutdown = self.node.shutdown.clone();
         loop {
             if self.want_read && self.inflight.has_room() {
                 if let Err(ending) = Box::pin(self.deliver()).await {
@@ -350,7 +327,7 @@ impl Session {
     }
 
     fn send_frame(&self, frame: &ServerFrame<'_>) -> Result<(), Ending> {
-        self.state.metrics.frame_out(frame.kind());
+        self.node.metrics.frame_out(frame.kind());
         self.send(Message::text(frame.encode()))
     }
 
@@ -358,7 +335,7 @@ impl Session {
     /// error budget; past it, the connection is closed with 1008.
     fn reply_error(&mut self, error: &ProtocolError) -> Result<(), Ending> {
         debug!(code = error.code.as_str(), message = %error.message, "client error");
-        self.state.metrics.error(error.code.as_str());
+        self.node.metrics.error(error.code.as_str());
         self.send_frame(&ServerFrame::from(error))?;
         let clients_fault = !matches!(error.code, ErrorCode::Unavailable | ErrorCode::Internal);
         if clients_fault && !self.limits.on_error(Instant::now()) {
@@ -370,7 +347,7 @@ impl Session {
     /// A data frame or ping from the client, once it passed the rate limit.
     async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
         if self.limits.on_frame(Instant::now()) == Verdict::RateLimited {
-            self.state.metrics.frame_in("rate_limited");
+            self.node.metrics.frame_in("rate_limited");
             let mut error = ProtocolError::new(
                 ErrorCode::RateLimited,
                 "too many frames: slow down and resend this frame (same time_key)",
@@ -386,14 +363,14 @@ impl Session {
         match message {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
-                self.state.metrics.frame_in("binary");
+                self.node.metrics.frame_in("binary");
                 self.reply_error(&ProtocolError::new(
                     ErrorCode::InvalidFrame,
                     "binary frames are not supported: send JSON text frames",
                 ))
             }
             _ => {
-                self.state.metrics.frame_in("ping");
+                self.node.metrics.frame_in("ping");
                 Ok(())
             }
         }
@@ -401,7 +378,7 @@ impl Session {
 
     async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
         let frame = protocol::decode_client_frame(text);
-        let metrics = &self.state.metrics;
+        let metrics = &self.node.metrics;
         match frame {
             Err(error) => {
                 metrics.frame_in("invalid");
@@ -426,6 +403,15 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Deletes a connection's consumer if nothing is pending on it; otherwise the device's
+/// next connection claims the entries.
+async fn release_consumer(node: &Node, consumer: &ConsumerRef, span: &tracing::Span) {
+    match node.store.leave(consumer).await {
+        Ok(deleted) => debug!(parent: span, deleted, "consumer released"),
+        Err(e) => warn!(parent: span, error = %e, "could not release consumer"),
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
-use super::reply::{parse_counted_entries, parse_entries, value_text};
+use super::entry::{self, StreamEntry};
+use super::reply::{parse_counted_entries, parse_entries};
 use super::{Store, StoreError, keys};
-use crate::protocol::DeliveredMessage;
 
 static JOIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("join.lua")));
 static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("leave.lua")));
@@ -28,33 +28,6 @@ pub struct ConsumerRef {
     pub device: String,
     /// `<instance>-<connection uuid>`.
     pub consumer: String,
-}
-
-/// One entry as read from the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamEntry {
-    /// The stream entry id (`<ms>-<seq>`), what XACK takes.
-    pub stream_id: String,
-    /// What the entry holds.
-    pub body: EntryBody,
-    /// Times Redis has handed it out, this delivery included.
-    pub deliveries: u64,
-}
-
-/// The content of a read entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryBody {
-    /// A message to deliver.
-    Message {
-        /// The message.
-        message: DeliveredMessage,
-        /// The send's trace context, when traced.
-        traceparent: Option<String>,
-    },
-    /// Still pending but trimmed from the stream (MAXLEN): nothing left to deliver.
-    Trimmed,
-    /// Fields that do not make a message (written by hand?): dead-lettered.
-    Malformed,
 }
 
 /// Where a read starts.
@@ -208,7 +181,6 @@ impl Store {
         &self,
         consumer: &ConsumerRef,
         entries: &[(String, u64)],
-        maxlen: u64,
     ) -> Result<u64, StoreError> {
         if entries.is_empty() {
             return Ok(0);
@@ -218,7 +190,8 @@ impl Store {
             .key(keys::inbox(consumer.user))
             .key(keys::dead_letters(consumer.user))
             .arg(&consumer.device)
-            .arg(maxlen);
+            .arg(self.retention.stream_maxlen)
+            .arg(entry::DELIVERIES);
         for (id, deliveries) in entries {
             invocation.arg(id).arg(deliveries);
         }
@@ -238,57 +211,5 @@ impl Store {
             .await
             .map_err(|e| self.error(e))?;
         Ok(deleted == 1)
-    }
-}
-
-impl StreamEntry {
-    /// Builds an entry from its id and field/value pairs (`None`: trimmed).
-    pub(super) fn from_fields(
-        stream_id: String,
-        fields: Option<Vec<(Value, Value)>>,
-        deliveries: u64,
-    ) -> Self {
-        let Some(fields) = fields else {
-            return Self {
-                stream_id,
-                deliveries,
-                body: EntryBody::Trimmed,
-            };
-        };
-        let mut id = None;
-        let mut sender_id = None;
-        let mut chat_id = None;
-        let mut content_text = None;
-        let mut traceparent = None;
-        for (name, value) in fields {
-            let (Some(name), Some(value)) = (value_text(name), value_text(value)) else {
-                continue;
-            };
-            match name.as_str() {
-                "id" => id = value.parse().ok(),
-                "sender_id" => sender_id = value.parse().ok(),
-                "chat_id" => chat_id = value.parse().ok(),
-                "content_text" => content_text = Some(value),
-                "traceparent" => traceparent = Some(value),
-                _ => {}
-            }
-        }
-        let body = match (id, sender_id, chat_id, content_text) {
-            (Some(id), Some(sender_id), Some(chat_id), Some(content_text)) => EntryBody::Message {
-                message: DeliveredMessage {
-                    id,
-                    sender_id,
-                    chat_id,
-                    content_text,
-                },
-                traceparent,
-            },
-            _ => EntryBody::Malformed,
-        };
-        Self {
-            stream_id,
-            body,
-            deliveries,
-        }
     }
 }

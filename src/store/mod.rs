@@ -8,9 +8,15 @@
 //! ([`notify::Notifier`]) — per node on a Redis Cluster. Nothing ever blocks a
 //! connection (no `BLOCK`). Single node or cluster is decided once, in [`backend`];
 //! every operation here runs on both.
+//!
+//! Every command of the store goes through one choke point, `Store::conn` (timed and
+//! counted per operation): what must apply to all Redis work goes there. What a
+//! message looks like in Redis is [`entry`]'s, every key and channel name [`keys`]'s,
+//! and how much Redis keeps [`settings::Retention`]'s.
 
 pub mod backend;
 mod cluster_conn;
+pub mod entry;
 pub mod inbox;
 pub mod keys;
 pub mod notify;
@@ -18,9 +24,11 @@ pub mod ops;
 mod reply;
 pub mod send;
 mod send_sharded;
+pub mod settings;
+pub mod topology;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
@@ -28,8 +36,11 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, 
 use crate::metrics::Metrics;
 use backend::RedisBackend;
 
-pub use inbox::{ConsumerRef, StreamEntry};
+pub use entry::{EntryBody, NewMessage, StoredMessage, StreamEntry};
+pub use inbox::ConsumerRef;
 pub use send::{SendOutcome, SendRequest};
+pub use settings::{RedisOptions, Retention};
+pub use topology::Topology;
 
 /// A Redis failure as the rest of courier sees it.
 #[derive(Debug, thiserror::Error)]
@@ -101,11 +112,14 @@ pub struct Store {
     conn: RedisBackend,
     url: Arc<str>,
     metrics: Arc<Metrics>,
+    /// The trim bound and dedup window every write applies.
+    retention: Retention,
 }
 
 /// The shared connection, seen by one operation: every command sent through it is
-/// timed and counted under that operation's name.
-pub(crate) struct TimedConnection {
+/// timed and counted under that operation's name. [`Store::conn`] is the only way to
+/// it, so every Redis command of the store passes here.
+struct TimedConnection {
     inner: RedisBackend,
     operation: &'static str,
     metrics: Arc<Metrics>,
@@ -145,27 +159,20 @@ impl ConnectionLike for TimedConnection {
     }
 }
 
-/// How [`Store`] connects.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// The Redis URL: `redis://`/`rediss://` for one server, or
-    /// `redis+cluster://`/`rediss+cluster://` with seed nodes (see [`backend::Topology`]).
-    pub url: String,
-    /// Timeout of one command.
-    pub response_timeout: Duration,
-    /// PEM CA certificate(s) trusted for `rediss://` instead of the system roots.
-    pub ca_cert: Option<Vec<u8>>,
-}
-
 impl Store {
     /// Connects lazily: the first command opens the connection, and a broken one is
     /// reopened on the next command. Fails only on a malformed URL.
-    pub fn open(options: &StoreOptions, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    pub fn open(
+        options: &RedisOptions,
+        retention: Retention,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let conn = RedisBackend::open(options, None)?;
         Ok(Self {
             conn,
             url: options.url.as_str().into(),
             metrics,
+            retention,
         })
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::RedisBackend;
-use super::{StoreError, StoreOptions, keys};
+use super::{RedisOptions, StoreError, keys};
 use crate::metrics::Metrics;
 
 /// Wakers of the local connections, by user.
@@ -85,7 +85,7 @@ impl Drop for Subscription {
 impl Notifier {
     /// Starts the notifier task. It connects lazily and runs until `shutdown`.
     pub fn start(
-        options: &StoreOptions,
+        options: &RedisOptions,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
@@ -142,11 +142,6 @@ impl Notifier {
             .await
             .map_err(|_| StoreError::Unavailable("notifier stopped".into()))??;
         Ok(subscription)
-    }
-
-    /// Number of users with a local connection.
-    pub fn users(&self) -> usize {
-        self.lock().len()
     }
 }
 

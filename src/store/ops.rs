@@ -12,7 +12,7 @@ use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPend
 use redis::{Script, Value};
 use serde::Serialize;
 
-use super::{Store, StoreError, keys};
+use super::{Store, StoreError, entry, keys};
 
 static REPLAY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("replay.lua")));
 
@@ -145,7 +145,7 @@ impl Store {
     /// Moves every dead letter of `user` back into the inbox (see `replay.lua`), in
     /// chunks of `REPLAY_CHUNK`, each atomic, and wakes the user's connections.
     /// Returns how many were moved.
-    pub async fn replay_dead_letters(&self, user: u64, maxlen: u64) -> Result<u64, StoreError> {
+    pub async fn replay_dead_letters(&self, user: u64) -> Result<u64, StoreError> {
         let mut from = String::from("-");
         let mut moved = 0;
         loop {
@@ -154,9 +154,10 @@ impl Store {
                 .key(keys::inbox(user))
                 .arg(&from)
                 .arg(REPLAY_CHUNK)
-                .arg(maxlen)
+                .arg(self.retention.stream_maxlen)
                 .arg(keys::notify_channel(user))
                 .arg(self.conn.publish_command())
+                .arg(entry::DELIVERIES)
                 .invoke_async(&mut self.conn("replay"))
                 .await
                 .map_err(|e| self.error(e))?;

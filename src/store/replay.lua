@@ -4,10 +4,11 @@
 -- ARGV[1] where to start: '-' for the beginning, else the last id of the previous
 --         chunk (exclusive)
 -- ARGV[2] chunk size     ARGV[3] inbox MAXLEN     ARGV[4] notify:{user:<id>}
--- ARGV[5] (optional) the publish command: PUBLISH (default) or SPUBLISH (Redis Cluster)
+-- ARGV[5] the publish command: PUBLISH, or SPUBLISH on a Redis Cluster
+-- ARGV[6] the name of the delivery count field (`deliveries`, src/store/entry.rs)
 --
 -- Each dead letter is appended to the inbox as a new entry with its original fields
--- (the `deliveries` field the dead-letter script added is dropped), then deleted from
+-- (the delivery count the dead-letter script added is dropped), then deleted from
 -- the dead-letter stream: every consumer group of the inbox reads it as new, with its
 -- original `id`. An entry with no field left is not replayed and stays in place.
 -- Publishes one wake-up when anything moved.
@@ -26,7 +27,7 @@ for _, entry in ipairs(entries) do
   local id, fields = entry[1], entry[2]
   local kept = {}
   for i = 1, #fields, 2 do
-    if fields[i] ~= 'deliveries' then
+    if fields[i] ~= ARGV[6] then
       table.insert(kept, fields[i])
       table.insert(kept, fields[i + 1])
     end
@@ -39,7 +40,7 @@ for _, entry in ipairs(entries) do
 end
 
 if moved > 0 then
-  redis.call(ARGV[5] or 'PUBLISH', ARGV[4], '')
+  redis.call(ARGV[5], ARGV[4], '')
 end
 
 local next = ''

@@ -4,7 +4,7 @@
 
 use redis::Value;
 
-use super::inbox::StreamEntry;
+use super::entry::{self, EntryBody, StreamEntry};
 
 /// A bulk or simple string as UTF-8 text.
 pub fn value_text(value: Value) -> Option<String> {
@@ -68,7 +68,7 @@ pub fn parse_entries(reply: Value) -> Result<Vec<StreamEntry>, String> {
                 .pop()
                 .and_then(|f| if f == Value::Nil { None } else { pairs(f) });
             let id = parts.pop().and_then(value_text).ok_or("entry without id")?;
-            out.push(StreamEntry::from_fields(id, fields, 1));
+            out.push(stream_entry(id, fields, 1));
         }
     }
     Ok(out)
@@ -98,11 +98,29 @@ pub fn parse_counted_entries(reply: Value) -> Result<Vec<StreamEntry>, String> {
             Value::Nil | Value::Boolean(false) => None,
             fields => pairs(fields),
         };
-        out.push(StreamEntry::from_fields(
-            id,
-            fields,
-            deliveries.unsigned_abs(),
-        ));
+        out.push(stream_entry(id, fields, deliveries.unsigned_abs()));
     }
     Ok(out)
+}
+
+/// An entry from its id and field/value pairs (`None`: trimmed from the stream).
+/// Pairs that are not text are skipped.
+fn stream_entry(
+    stream_id: String,
+    fields: Option<Vec<(Value, Value)>>,
+    deliveries: u64,
+) -> StreamEntry {
+    let body = match fields {
+        None => EntryBody::Trimmed,
+        Some(fields) => entry::decode(
+            fields
+                .into_iter()
+                .filter_map(|(name, value)| Some((value_text(name)?, value_text(value)?))),
+        ),
+    };
+    StreamEntry {
+        stream_id,
+        body,
+        deliveries,
+    }
 }

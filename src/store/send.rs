@@ -1,31 +1,32 @@
 //! The send path's Redis side: membership check, then the writes. On a single node,
 //! one atomic script allocates the message ids and, for every recipient, appends the
-//! stream entry and the legacy list item and publishes the wake-up — or, for a batch
-//! already written within the dedup window, writes nothing and says so. On a Redis
-//! Cluster the same writes are split into one atomic step per recipient slot
+//! stream entries and the legacy list items and publishes the wake-up — or, for a
+//! batch already written within the dedup window, writes nothing and says so. On a
+//! Redis Cluster the same writes are split into one atomic step per recipient slot
 //! (`send_sharded.rs`); the API and the outcome are the same.
+//!
+//! Both strategies run the same Lua for a recipient's writes (`send_writes.lua`,
+//! prepended to each script) and pass it the same arguments (`push_messages`,
+//! `push_recipient`): the entries are encoded by [`super::entry`], the
+//! wake-up channels named by [`keys`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
-use redis::{Script, Value};
-use serde::Serialize;
+use redis::{Script, ScriptInvocation, Value};
 
+use super::entry::{self, EntryFields, NewMessage};
 use super::reply::value_text;
 use super::{Store, StoreError, keys};
 
-static SEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("send.lua")));
-
-/// One message of a batch, validated by the protocol layer.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// Target chat.
-    pub chat_id: u64,
-    /// Text.
-    pub content_text: String,
-    /// W3C trace context of the send, stored in the entry when present.
-    pub traceparent: Option<String>,
-}
+/// Lua scripts cannot include files: the send scripts are `send_writes.lua`, the
+/// functions they share, followed by their own text.
+static SEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("send_writes.lua"),
+        include_str!("send.lua")
+    ))
+});
 
 /// A whole batch to write for one sender.
 #[derive(Debug, Clone)]
@@ -38,15 +39,11 @@ pub struct SendRequest {
     pub messages: Vec<NewMessage>,
 }
 
-/// Fan-out and retention settings of the send path.
-#[derive(Debug, Clone, Copy)]
+/// Who receives a batch besides the members of its chats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendPolicy {
-    /// Also write to the sender's inbox.
+    /// Also write to the sender's inbox (`COURIER_DELIVER_TO_SENDER`).
     pub deliver_to_sender: bool,
-    /// `XADD MAXLEN ~` bound.
-    pub stream_maxlen: u64,
-    /// Dedup record lifetime, seconds.
-    pub dedup_window_s: u64,
 }
 
 /// What the send did.
@@ -84,19 +81,12 @@ pub enum SendError {
     Store(#[from] StoreError),
 }
 
-#[derive(Serialize)]
-struct LegacyMessage<'a> {
-    sender_id: u64,
-    chat_id: u64,
-    content_text: &'a str,
-}
-
-/// Who gets what: the batch's recipients and, per message, which of them.
+/// Who gets what: the batch's recipients and, per recipient, which messages.
 pub(super) struct FanOut {
     /// Distinct recipients, in first-seen order.
     pub recipients: Vec<u64>,
-    /// Per message, the indexes (into `recipients`) of its recipients.
-    pub targets: Vec<Vec<usize>>,
+    /// Per recipient, the indexes (into the batch) of its messages, in batch order.
+    pub messages_of: Vec<Vec<usize>>,
     /// Per message, the legacy list item (`user:<id>` JSON).
     pub legacy: Vec<String>,
 }
@@ -117,14 +107,14 @@ impl Store {
             // membership read, and a refusal (not a member) still comes first.
             let (fan_out, found) = futures_util::future::join(
                 self.fan_out(request, policy),
-                self.reserve(request, policy, None),
+                self.reserve(request, None),
             )
             .await;
             let fan_out = fan_out?;
-            self.send_sharded(request, policy, &fan_out, found?).await
+            self.send_sharded(request, &fan_out, found?).await
         } else {
             let fan_out = self.fan_out(request, policy).await?;
-            self.send_atomic(request, policy, &fan_out).await
+            self.send_atomic(request, &fan_out).await
         }
     }
 
@@ -138,8 +128,8 @@ impl Store {
             .chat_members(request.messages.iter().map(|m| m.chat_id))
             .await?;
         let mut recipients: Vec<u64> = Vec::new();
+        let mut messages_of: Vec<Vec<usize>> = Vec::new();
         let mut recipient_index: HashMap<u64, usize> = HashMap::new();
-        let mut targets: Vec<Vec<usize>> = Vec::with_capacity(request.messages.len());
         let mut legacy = Vec::with_capacity(request.messages.len());
         for (index, message) in request.messages.iter().enumerate() {
             let chat_members = members
@@ -153,33 +143,28 @@ impl Store {
                     index,
                 });
             }
-            let mut message_targets = Vec::new();
             for &member in chat_members {
                 if member == request.sender && !policy.deliver_to_sender {
                     continue;
                 }
-                let next = recipients.len();
                 let number = *recipient_index.entry(member).or_insert_with(|| {
                     recipients.push(member);
-                    next
+                    messages_of.push(Vec::new());
+                    recipients.len() - 1
                 });
-                if !message_targets.contains(&number) {
-                    message_targets.push(number);
+                // A member listed twice in a chat gets the message once.
+                if messages_of[number].last() != Some(&index) {
+                    messages_of[number].push(index);
                 }
             }
-            targets.push(message_targets);
             legacy.push(
-                serde_json::to_string(&LegacyMessage {
-                    sender_id: request.sender,
-                    chat_id: message.chat_id,
-                    content_text: &message.content_text,
-                })
-                .map_err(|e| StoreError::Internal(e.to_string()))?,
+                entry::legacy_item(request.sender, message)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
             );
         }
         Ok(FanOut {
             recipients,
-            targets,
+            messages_of,
             legacy,
         })
     }
@@ -188,7 +173,6 @@ impl Store {
     async fn send_atomic(
         &self,
         request: &SendRequest,
-        policy: SendPolicy,
         fan_out: &FanOut,
     ) -> Result<SendOutcome, SendError> {
         let mut invocation = SEND_SCRIPT.prepare_invoke();
@@ -201,29 +185,16 @@ impl Store {
                 .key(keys::legacy_list(user));
         }
         invocation
-            .arg(policy.dedup_window_s)
-            .arg(policy.stream_maxlen)
+            .arg(self.retention.dedup_window_s())
+            .arg(self.retention.stream_maxlen)
             .arg(request.messages.len())
-            .arg(request.sender)
-            .arg(fan_out.recipients.len());
-        for &user in &fan_out.recipients {
-            invocation.arg(user);
-        }
-        for ((message, targets), legacy) in request
-            .messages
-            .iter()
-            .zip(&fan_out.targets)
-            .zip(&fan_out.legacy)
-        {
-            invocation
-                .arg(message.chat_id)
-                .arg(&message.content_text)
-                .arg(legacy)
-                .arg(message.traceparent.as_deref().unwrap_or(""))
-                .arg(targets.len());
-            for &number in targets {
-                invocation.arg(number + 1);
-            }
+            .arg(fan_out.recipients.len())
+            .arg(self.conn.publish_command());
+        let all: Vec<usize> = (0..request.messages.len()).collect();
+        push_messages(&mut invocation, request, fan_out, &all);
+        for (number, &user) in fan_out.recipients.iter().enumerate() {
+            let local = fan_out.messages_of[number].iter().map(|&index| index + 1);
+            push_recipient(&mut invocation, user, local, all.len());
         }
         let reply: (i64, Value) = invocation
             .invoke_async(&mut self.conn("send"))
@@ -272,6 +243,43 @@ impl Store {
                 )
             })
             .collect())
+    }
+}
+
+/// The messages part of a send script's arguments (`send_writes.lua`): for each
+/// of `indexes` (into the batch, ascending), its index, its entry's fields and its
+/// legacy item. The script numbers them 1.. in this order.
+pub(super) fn push_messages(
+    invocation: &mut ScriptInvocation<'_>,
+    request: &SendRequest,
+    fan_out: &FanOut,
+    indexes: &[usize],
+) {
+    for &index in indexes {
+        invocation
+            .arg(index)
+            .arg(EntryFields::new(request.sender, &request.messages[index]))
+            .arg(&fan_out.legacy[index]);
+    }
+}
+
+/// One recipient's part of a send script's arguments (`send_writes.lua`): its
+/// wake-up channel, then the script's numbers of its messages, in order — or none
+/// (a count of 0) when it gets all `pushed` messages.
+pub(super) fn push_recipient(
+    invocation: &mut ScriptInvocation<'_>,
+    user: u64,
+    numbers: impl ExactSizeIterator<Item = usize>,
+    pushed: usize,
+) {
+    invocation.arg(keys::notify_channel(user));
+    if numbers.len() == pushed {
+        invocation.arg(0);
+        return;
+    }
+    invocation.arg(numbers.len());
+    for number in numbers {
+        invocation.arg(number);
     }
 }
 

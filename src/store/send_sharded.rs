@@ -28,12 +28,20 @@ use redis::cluster_routing::Slot;
 use redis::{Script, Value};
 
 use super::reply::value_text;
-use super::send::{FanOut, SendError, SendOutcome, SendPolicy, SendRequest, duplicate};
+use super::send::{
+    FanOut, SendError, SendOutcome, SendRequest, duplicate, push_messages, push_recipient,
+};
 use super::{Store, StoreError, keys};
 
 static RESERVE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("send_reserve.lua")));
-static SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("send_slot.lua")));
+/// `send_writes.lua`, the functions it shares with `send.lua`, then its own text.
+static SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("send_writes.lua"),
+        include_str!("send_slot.lua")
+    ))
+});
 static COMMIT_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("send_commit.lua")));
 
@@ -53,7 +61,6 @@ impl Store {
     pub(super) async fn send_sharded(
         &self,
         request: &SendRequest,
-        policy: SendPolicy,
         fan_out: &FanOut,
         found: Reservation,
     ) -> Result<SendOutcome, SendError> {
@@ -68,10 +75,7 @@ impl Store {
                     .query_async(&mut self.conn("send"))
                     .await
                     .map_err(|e| self.error(e))?;
-                match self
-                    .reserve(request, policy, Some(last + 1 - count))
-                    .await?
-                {
+                match self.reserve(request, Some(last + 1 - count)).await? {
                     Reservation::Written(first) => return Ok(duplicate(first)?),
                     Reservation::Ids(first) => first,
                     Reservation::Fresh => {
@@ -90,7 +94,7 @@ impl Store {
         }
         let writes = slots
             .values()
-            .map(|members| self.write_slot(request, policy, fan_out, members, first));
+            .map(|members| self.write_slot(request, fan_out, members, first));
         // Every slot's write runs to its end, so a failure leaves as little as possible
         // for the retry; then the first error, if any, is the answer.
         for result in futures_util::future::join_all(writes).await {
@@ -101,7 +105,7 @@ impl Store {
             .key(keys::dedup(request.sender, &request.time_key))
             .key(keys::dedup_ids(request.sender, &request.time_key))
             .arg(format!("{first}:{count}"))
-            .arg(policy.dedup_window_s)
+            .arg(self.retention.dedup_window_s())
             .invoke_async::<()>(&mut self.conn("send"))
             .await
             .map_err(|e| self.error(e))?;
@@ -113,7 +117,6 @@ impl Store {
     pub(super) async fn reserve(
         &self,
         request: &SendRequest,
-        policy: SendPolicy,
         allocated: Option<u64>,
     ) -> Result<Reservation, StoreError> {
         let (state, first): (i64, Value) = RESERVE_SCRIPT
@@ -121,7 +124,7 @@ impl Store {
             .key(keys::dedup_ids(request.sender, &request.time_key))
             .arg(allocated.map(|id| id.to_string()).unwrap_or_default())
             .arg(request.messages.len())
-            .arg(policy.dedup_window_s)
+            .arg(self.retention.dedup_window_s())
             .invoke_async(&mut self.conn("send"))
             .await
             .map_err(|e| self.error(e))?;
@@ -142,7 +145,6 @@ impl Store {
     async fn write_slot(
         &self,
         request: &SendRequest,
-        policy: SendPolicy,
         fan_out: &FanOut,
         members: &[usize],
         first: u64,
@@ -159,43 +161,36 @@ impl Store {
                     &request.time_key,
                 ));
         }
-        // Per message of the batch, the local numbers (1..) of its recipients here.
-        let local: Vec<(usize, Vec<usize>)> = fan_out
-            .targets
+        // The batch's messages to any of these recipients, in batch order: the script
+        // numbers them 1.. in this order.
+        let mut local: Vec<usize> = members
             .iter()
-            .enumerate()
-            .filter_map(|(index, targets)| {
-                let numbers: Vec<usize> = targets
-                    .iter()
-                    .filter_map(|t| members.iter().position(|m| m == t).map(|p| p + 1))
-                    .collect();
-                (!numbers.is_empty()).then_some((index, numbers))
-            })
+            .flat_map(|&member| fan_out.messages_of[member].iter().copied())
             .collect();
+        local.sort_unstable();
+        local.dedup();
         invocation
-            .arg(policy.dedup_window_s)
-            .arg(policy.stream_maxlen)
+            .arg(self.retention.dedup_window_s())
+            .arg(self.retention.stream_maxlen)
             .arg(request.messages.len())
-            .arg(request.sender)
             .arg(first)
             .arg(self.conn.publish_command())
             .arg(members.len())
             .arg(local.len());
+        push_messages(&mut invocation, request, fan_out, &local);
         for &member in members {
-            invocation.arg(fan_out.recipients[member]);
-        }
-        for (index, numbers) in local {
-            let message = &request.messages[index];
-            invocation
-                .arg(index)
-                .arg(message.chat_id)
-                .arg(&message.content_text)
-                .arg(&fan_out.legacy[index])
-                .arg(message.traceparent.as_deref().unwrap_or(""))
-                .arg(numbers.len());
-            for number in numbers {
-                invocation.arg(number);
-            }
+            let numbers = fan_out.messages_of[member].iter().map(|index| {
+                // Every message of a member is in `local`.
+                local
+                    .binary_search(index)
+                    .map_or(0, |position| position + 1)
+            });
+            push_recipient(
+                &mut invocation,
+                fan_out.recipients[member],
+                numbers,
+                local.len(),
+            );
         }
         invocation
             .invoke_async::<u64>(&mut self.conn("send"))

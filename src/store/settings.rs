@@ -1,0 +1,75 @@
+//! The store's settings, built once from the configuration: how to reach Redis
+//! ([`RedisOptions`]) and how much of what the store writes Redis keeps
+//! ([`Retention`]).
+
+use std::time::Duration;
+
+use super::topology::Topology;
+use crate::config::{Config, ConfigError};
+
+/// How the store and the notifier reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// The Redis URL (`COURIER_REDIS_URL`), as given: its password is masked in every
+    /// error the store reports.
+    pub url: String,
+    /// What the URL names: one server, or a cluster's seed nodes.
+    pub topology: Topology,
+    /// Timeout of one command (`COURIER_REDIS_TIMEOUT_MS`), also used to connect.
+    pub response_timeout: Duration,
+    /// PEM CA certificate(s) trusted for `rediss://` instead of the system roots
+    /// (the contents of `COURIER_REDIS_CA_FILE`).
+    pub ca_cert: Option<Vec<u8>>,
+}
+
+impl RedisOptions {
+    /// Checks the URL (its password is masked in the error) and reads the CA file;
+    /// either failing is a configuration error naming the setting.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let topology = Topology::parse(&config.redis_url)
+            .map_err(|e| ConfigError(format!("COURIER_REDIS_URL (--redis-url): {e}")))?;
+        let ca_cert = match &config.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError(format!(
+                    "COURIER_REDIS_CA_FILE: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            url: config.redis_url.clone(),
+            topology,
+            response_timeout: config.redis_timeout,
+            ca_cert,
+        })
+    }
+}
+
+/// How much history Redis keeps of what the store writes. Every script that appends
+/// to a stream trims it with the same bound, whoever calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Approximate entries kept per inbox and dead-letter stream (`XADD MAXLEN ~`,
+    /// `COURIER_STREAM_MAXLEN`).
+    pub stream_maxlen: u64,
+    /// How long a sent batch's dedup record lives (`COURIER_DEDUP_WINDOW_S`); Redis
+    /// expires it in whole seconds.
+    pub dedup_window: Duration,
+}
+
+impl Retention {
+    /// The dedup window in seconds, as `SET … EX` takes it.
+    pub fn dedup_window_s(&self) -> u64 {
+        self.dedup_window.as_secs()
+    }
+}
+
+impl From<&Config> for Retention {
+    fn from(config: &Config) -> Self {
+        Self {
+            stream_maxlen: config.stream_maxlen,
+            dedup_window: config.dedup_window,
+        }
+    }
+}
