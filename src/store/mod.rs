@@ -26,6 +26,7 @@ pub mod send;
 mod send_sharded;
 pub mod settings;
 pub mod topology;
+mod trim;
 
 use std::sync::Arc;
 use std::time::Instant;

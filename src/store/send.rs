@@ -186,25 +186,33 @@ impl Store {
         }
         invocation
             .arg(self.retention.dedup_window_s())
-            .arg(self.retention.stream_maxlen)
             .arg(request.messages.len())
             .arg(fan_out.recipients.len())
-            .arg(self.conn.publish_command());
+            .arg(self.conn.publish_command())
+            .arg(&self.retention.script_limits()[..]);
         let all: Vec<usize> = (0..request.messages.len()).collect();
         push_messages(&mut invocation, request, fan_out, &all);
         for (number, &user) in fan_out.recipients.iter().enumerate() {
             let local = fan_out.messages_of[number].iter().map(|&index| index + 1);
             push_recipient(&mut invocation, user, local, all.len());
         }
-        let reply: (i64, Value) = invocation
+        let reply: Vec<Value> = invocation
             .invoke_async(&mut self.conn("send"))
             .await
             .map_err(|e| self.error(e))?;
-        match reply {
-            (1, Value::Int(first_id)) => Ok(SendOutcome::Written {
-                first_id: first_id.unsigned_abs(),
-            }),
-            (0, seen) => Ok(duplicate(seen)?),
+        let mut reply = reply.into_iter();
+        match (reply.next(), reply.next(), reply.next()) {
+            (Some(Value::Int(1)), Some(Value::Int(first_id)), lost) => {
+                if let Some(lost) = lost {
+                    self.record_losses(lost, |r| {
+                        fan_out.recipients.get(r.checked_sub(1)?).copied()
+                    });
+                }
+                Ok(SendOutcome::Written {
+                    first_id: first_id.unsigned_abs(),
+                })
+            }
+            (Some(Value::Int(0)), Some(seen), None) => Ok(duplicate(seen)?),
             other => {
                 Err(StoreError::Internal(format!("unexpected send script reply {other:?}")).into())
             }
@@ -283,7 +291,7 @@ pub(super) fn push_recipient(
     }
 }
 
-/// The outcome for a dedup record found (`<first_id>:<count>`).
+/// The outcome for a dedup record found (see [`dedup_record`]).
 pub(super) fn duplicate(seen: Value) -> Result<SendOutcome, StoreError> {
     match value_text(seen).as_deref().and_then(parse_seen) {
         Some((first_id, count)) => Ok(SendOutcome::Duplicate { first_id, count }),
@@ -291,11 +299,23 @@ pub(super) fn duplicate(seen: Value) -> Result<SendOutcome, StoreError> {
     }
 }
 
-/// A dedup record's value, `<first_id>:<count>` (written by `send.lua`, or by the
-/// cluster strategy's last step).
+/// A dedup record's value: one integer, the first id followed by the count in five
+/// digits (`4200003`: ids 42, 43, 44). Redis keeps an integer value inside the key's
+/// object, 16 bytes less per record than the text `42:3` (BENCHMARKS.md). `send.lua`
+/// writes the same; a batch holds at most 10,000 messages (`COURIER_BATCH_MAX`).
+pub(super) fn dedup_record(first_id: u64, count: u64) -> String {
+    format!("{first_id}{count:05}")
+}
+
+/// Reads a dedup record: the integer of [`dedup_record`], or the `<first_id>:<count>`
+/// that earlier versions wrote (still found within one dedup window of an upgrade).
 fn parse_seen(seen: &str) -> Option<(u64, u64)> {
-    let (first_id, count) = seen.split_once(':')?;
-    Some((first_id.parse().ok()?, count.parse().ok()?))
+    if let Some((first_id, count)) = seen.split_once(':') {
+        return Some((first_id.parse().ok()?, count.parse().ok()?));
+    }
+    let packed: u64 = seen.parse().ok()?;
+    let (first_id, count) = (packed / 100_000, packed % 100_000);
+    (first_id > 0).then_some((first_id, count))
 }
 
 #[cfg(test)]
@@ -304,8 +324,14 @@ mod tests {
 
     #[test]
     fn dedup_records_are_read_back() {
-        assert_eq!(parse_seen("42:3"), Some((42, 3)));
-        assert_eq!(parse_seen("42"), None);
+        assert_eq!(parse_seen(&dedup_record(42, 3)), Some((42, 3)));
+        assert_eq!(dedup_record(42, 3), "4200003");
+        assert_eq!(
+            parse_seen(&dedup_record(9_000_000_000_000, 10_000)),
+            Some((9_000_000_000_000, 10_000))
+        );
+        assert_eq!(parse_seen("42:3"), Some((42, 3)), "the earlier format");
+        assert_eq!(parse_seen("7"), None);
         assert_eq!(parse_seen("x:1"), None);
     }
 }

@@ -29,7 +29,8 @@ use redis::{Script, Value};
 
 use super::reply::value_text;
 use super::send::{
-    FanOut, SendError, SendOutcome, SendRequest, duplicate, push_messages, push_recipient,
+    FanOut, SendError, SendOutcome, SendRequest, dedup_record, duplicate, push_messages,
+    push_recipient,
 };
 use super::{Store, StoreError, keys};
 
@@ -47,7 +48,7 @@ static COMMIT_SCRIPT: LazyLock<Script> =
 
 /// What step 1 found for a batch.
 pub(super) enum Reservation {
-    /// Already written: the dedup record (`"<first_id>:<count>"`).
+    /// Already written: the dedup record (`send::dedup_record`).
     Written(Value),
     /// The ids to write (reserved now or by an unfinished earlier attempt).
     Ids(u64),
@@ -104,7 +105,7 @@ impl Store {
         COMMIT_SCRIPT
             .key(keys::dedup(request.sender, &request.time_key))
             .key(keys::dedup_ids(request.sender, &request.time_key))
-            .arg(format!("{first}:{count}"))
+            .arg(dedup_record(first, count))
             .arg(self.retention.dedup_window_s())
             .invoke_async::<()>(&mut self.conn("send"))
             .await
@@ -171,12 +172,12 @@ impl Store {
         local.dedup();
         invocation
             .arg(self.retention.dedup_window_s())
-            .arg(self.retention.stream_maxlen)
-            .arg(request.messages.len())
+            .arg(dedup_record(first, request.messages.len() as u64))
             .arg(first)
             .arg(self.conn.publish_command())
             .arg(members.len())
-            .arg(local.len());
+            .arg(local.len())
+            .arg(&self.retention.script_limits()[..]);
         push_messages(&mut invocation, request, fan_out, &local);
         for &member in members {
             let numbers = fan_out.messages_of[member].iter().map(|index| {
@@ -192,10 +193,15 @@ impl Store {
                 local.len(),
             );
         }
-        invocation
-            .invoke_async::<u64>(&mut self.conn("send"))
+        let (_written, lost): (u64, Value) = invocation
+            .invoke_async(&mut self.conn("send"))
             .await
-            .map(drop)
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        self.record_losses(lost, |r| {
+            members
+                .get(r.checked_sub(1)?)
+                .map(|&member| fan_out.recipients[member])
+        });
+        Ok(())
     }
 }
