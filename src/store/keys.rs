@@ -34,7 +34,7 @@ pub fn user_of_notify_channel(channel: &[u8]) -> Option<u64> {
 }
 
 /// `dedup:{user:<id>}:<time_key>`: idempotency record of a sent batch; its value is
-/// the batch's first id and count as one integer (`send::dedup_record`).
+/// the batch's first id, an integer (`send::dedup_record`).
 pub fn dedup(user: u64, time_key: &str) -> String {
     format!("dedup:{{user:{user}}}:{time_key}")
 }

@@ -1,5 +1,6 @@
 -- courier send script: one sent batch, written atomically (send_writes.lua, in front
--- of this text, reads the messages and writes and trims each recipient).
+-- of this text, reads the messages and writes and trims each recipient; ids.lua
+-- allocates the ids).
 --
 -- KEYS[1]            dedup:{user:<sender>}:<time_key>
 -- KEYS[2]            message:last_id
@@ -9,8 +10,9 @@
 -- ARGV[4] publish command (PUBLISH)   ARGV[5..8] the limits
 -- then the N messages and the R recipients, as send_writes.lua reads them
 --
--- The dedup record's value is one integer, the first id followed by the count in five
--- digits ("4200003": ids 42, 43, 44): Redis stores it in the key's object, no string.
+-- The dedup record's value is the batch's first id, an integer: Redis keeps it inside
+-- the key's object, with no string to allocate (a resend is the same batch: its count
+-- is the resend's).
 --
 -- Returns {1, first_id, lost} when written, {0, record} when the batch was already
 -- written within the dedup window (nothing is written again). `lost` lists what the
@@ -18,11 +20,14 @@
 
 local seen = redis.call('GET', KEYS[1])
 if seen then
+  -- Written again as it is (same value, same expiry): a write, so that a WAIT after
+  -- this call (replicated acks) also covers the batch's first write.
+  redis.call('SET', KEYS[1], seen, 'KEEPTTL')
   return {0, seen}
 end
 
 local n, r = tonumber(ARGV[2]), tonumber(ARGV[3])
-local first = redis.call('INCRBY', KEYS[2], n) - n + 1
+local first = allocate_ids(KEYS[2], n)
 
 local limits, pos = read_limits(5)
 local messages
@@ -36,5 +41,5 @@ for rcpt = 1, r do
   pos = next_recipient(pos)
 end
 
-redis.call('SET', KEYS[1], string.format('%.0f%05d', first, n), 'EX', ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.0f', first), 'EX', ARGV[1])
 return {1, first, lost}

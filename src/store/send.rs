@@ -20,10 +20,12 @@ use super::reply::value_text;
 use super::{Store, StoreError, keys};
 
 /// Lua scripts cannot include files: the send scripts are `send_writes.lua`, the
-/// functions they share, followed by their own text.
+/// functions they share, followed by their own text (here with `ids.lua`'s id
+/// allocation in front).
 static SEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("send_writes.lua"),
+        include_str!("ids.lua"),
         include_str!("send.lua")
     ))
 });
@@ -196,10 +198,7 @@ impl Store {
             let local = fan_out.messages_of[number].iter().map(|&index| index + 1);
             push_recipient(&mut invocation, user, local, all.len());
         }
-        let reply: Vec<Value> = invocation
-            .invoke_async(&mut self.conn("send"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let reply: Vec<Value> = self.write_script(invocation).await?;
         let mut reply = reply.into_iter();
         match (reply.next(), reply.next(), reply.next()) {
             (Some(Value::Int(1)), Some(Value::Int(first_id)), lost) => {
@@ -212,7 +211,7 @@ impl Store {
                     first_id: first_id.unsigned_abs(),
                 })
             }
-            (Some(Value::Int(0)), Some(seen), None) => Ok(duplicate(seen)?),
+            (Some(Value::Int(0)), Some(seen), None) => Ok(duplicate(seen, request.messages.len())?),
             other => {
                 Err(StoreError::Internal(format!("unexpected send script reply {other:?}")).into())
             }
@@ -291,31 +290,35 @@ pub(super) fn push_recipient(
     }
 }
 
-/// The outcome for a dedup record found (see [`dedup_record`]).
-pub(super) fn duplicate(seen: Value) -> Result<SendOutcome, StoreError> {
+/// The outcome for a dedup record found (see [`dedup_record`]) for a resend of
+/// `count` messages.
+pub(super) fn duplicate(seen: Value, count: usize) -> Result<SendOutcome, StoreError> {
     match value_text(seen).as_deref().and_then(parse_seen) {
-        Some((first_id, count)) => Ok(SendOutcome::Duplicate { first_id, count }),
+        Some((first_id, recorded)) => Ok(SendOutcome::Duplicate {
+            first_id,
+            count: recorded.unwrap_or(count as u64),
+        }),
         None => Err(StoreError::Internal("unreadable dedup record".into())),
     }
 }
 
-/// A dedup record's value: one integer, the first id followed by the count in five
-/// digits (`4200003`: ids 42, 43, 44). Redis keeps an integer value inside the key's
-/// object, 16 bytes less per record than the text `42:3` (BENCHMARKS.md). `send.lua`
-/// writes the same; a batch holds at most 10,000 messages (`COURIER_BATCH_MAX`).
-pub(super) fn dedup_record(first_id: u64, count: u64) -> String {
-    format!("{first_id}{count:05}")
+/// A dedup record's value: the batch's first id, an integer, which Redis keeps inside
+/// the key's object with no string to allocate (BENCHMARKS.md, "Redis memory"). The
+/// count is not kept: a resend of the same `time_key` is the same batch, so its count
+/// is the resend's. (The first id alone takes 51 bits: with a count, the value would
+/// no longer fit Redis's 64-bit integers and would be stored as a string.)
+pub(super) fn dedup_record(first_id: u64) -> String {
+    first_id.to_string()
 }
 
-/// Reads a dedup record: the integer of [`dedup_record`], or the `<first_id>:<count>`
-/// that earlier versions wrote (still found within one dedup window of an upgrade).
-fn parse_seen(seen: &str) -> Option<(u64, u64)> {
-    if let Some((first_id, count)) = seen.split_once(':') {
-        return Some((first_id.parse().ok()?, count.parse().ok()?));
+/// Reads a dedup record: the first id of [`dedup_record`], or the
+/// `<first_id>:<count>` that earlier versions wrote (still found within one dedup
+/// window of an upgrade), with its count.
+fn parse_seen(seen: &str) -> Option<(u64, Option<u64>)> {
+    match seen.split_once(':') {
+        Some((first_id, count)) => Some((first_id.parse().ok()?, Some(count.parse().ok()?))),
+        None => Some((seen.parse().ok()?, None)),
     }
-    let packed: u64 = seen.parse().ok()?;
-    let (first_id, count) = (packed / 100_000, packed % 100_000);
-    (first_id > 0).then_some((first_id, count))
 }
 
 #[cfg(test)]
@@ -324,14 +327,23 @@ mod tests {
 
     #[test]
     fn dedup_records_are_read_back() {
-        assert_eq!(parse_seen(&dedup_record(42, 3)), Some((42, 3)));
-        assert_eq!(dedup_record(42, 3), "4200003");
         assert_eq!(
-            parse_seen(&dedup_record(9_000_000_000_000, 10_000)),
-            Some((9_000_000_000_000, 10_000))
+            parse_seen(&dedup_record(1_796_009_949_988_123)),
+            Some((1_796_009_949_988_123, None))
         );
-        assert_eq!(parse_seen("42:3"), Some((42, 3)), "the earlier format");
-        assert_eq!(parse_seen("7"), None);
+        assert_eq!(
+            parse_seen("42:3"),
+            Some((42, Some(3))),
+            "the earlier format"
+        );
+        assert_eq!(parse_seen("x"), None);
         assert_eq!(parse_seen("x:1"), None);
+        assert!(matches!(
+            duplicate(Value::Int(42), 2),
+            Ok(SendOutcome::Duplicate {
+                first_id: 42,
+                count: 2
+            })
+        ));
     }
 }

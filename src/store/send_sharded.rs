@@ -8,7 +8,8 @@
 //!    allocated nothing) and the id reservation
 //!    `dedup:{user:<sender>}:<time_key>:ids` (an unfinished earlier attempt's ids are
 //!    reused, so a retry writes the same ids); a fresh batch then gets its ids from
-//!    `INCRBY message:last_id N` and reserves them with a second call;
+//!    `message:last_id` (`ids.lua`: an `INCRBY` that never falls below the clock) and
+//!    reserves them with a second call;
 //! 2. `send_slot.lua` once per slot of the recipients, all issued together (the
 //!    client pipelines them per node): each recipient's stream entries, legacy items,
 //!    marker `dedup:{user:<recipient>}:from:<sender>:<time_key>` and wake-up
@@ -34,6 +35,13 @@ use super::send::{
 };
 use super::{Store, StoreError, keys};
 
+/// `ids.lua`'s allocation on its own, for the counter's slot.
+static IDS_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("ids.lua"),
+        "return allocate_ids(KEYS[1], tonumber(ARGV[1]))\n"
+    ))
+});
 static RESERVE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("send_reserve.lua")));
 /// `send_writes.lua`, the functions it shares with `send.lua`, then its own text.
@@ -67,17 +75,21 @@ impl Store {
     ) -> Result<SendOutcome, SendError> {
         let count = request.messages.len() as u64;
         let first = match found {
-            Reservation::Written(first) => return Ok(duplicate(first)?),
+            Reservation::Written(first) => {
+                return Ok(duplicate(first, request.messages.len())?);
+            }
             Reservation::Ids(first) => first,
             Reservation::Fresh => {
-                let last: u64 = redis::cmd("INCRBY")
-                    .arg(keys::LAST_MESSAGE_ID)
+                let allocated: u64 = IDS_SCRIPT
+                    .key(keys::LAST_MESSAGE_ID)
                     .arg(count)
-                    .query_async(&mut self.conn("send"))
+                    .invoke_async(&mut self.conn("send"))
                     .await
                     .map_err(|e| self.error(e))?;
-                match self.reserve(request, Some(last + 1 - count)).await? {
-                    Reservation::Written(first) => return Ok(duplicate(first)?),
+                match self.reserve(request, Some(allocated)).await? {
+                    Reservation::Written(first) => {
+                        return Ok(duplicate(first, request.messages.len())?);
+                    }
                     Reservation::Ids(first) => first,
                     Reservation::Fresh => {
                         return Err(StoreError::Internal("id reservation refused".into()).into());
@@ -105,7 +117,7 @@ impl Store {
         COMMIT_SCRIPT
             .key(keys::dedup(request.sender, &request.time_key))
             .key(keys::dedup_ids(request.sender, &request.time_key))
-            .arg(dedup_record(first, count))
+            .arg(dedup_record(first))
             .arg(self.retention.dedup_window_s())
             .invoke_async::<()>(&mut self.conn("send"))
             .await
@@ -172,7 +184,7 @@ impl Store {
         local.dedup();
         invocation
             .arg(self.retention.dedup_window_s())
-            .arg(dedup_record(first, request.messages.len() as u64))
+            .arg(dedup_record(first))
             .arg(first)
             .arg(self.conn.publish_command())
             .arg(members.len())
@@ -193,10 +205,7 @@ impl Store {
                 local.len(),
             );
         }
-        let (_written, lost): (u64, Value) = invocation
-            .invoke_async(&mut self.conn("send"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let (_written, lost): (u64, Value) = self.write_script(invocation).await?;
         self.record_losses(lost, |r| {
             members
                 .get(r.checked_sub(1)?)

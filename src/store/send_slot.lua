@@ -5,8 +5,8 @@
 --
 -- KEYS[3r-2], KEYS[3r-1], KEYS[3r]   for recipient r = 1..R (all of one slot):
 --   inbox:{user:<r>}, user:<r>, dedup:{user:<r>}:from:<sender>:<time_key>
--- ARGV[1] dedup window (s)   ARGV[2] the batch's dedup record (first id and count,
--- send.lua)   ARGV[3] first message id (step 1)   ARGV[4] publish command (SPUBLISH)
+-- ARGV[1] dedup window (s)   ARGV[2] the batch's dedup record (send.lua: its first
+-- id)   ARGV[3] first message id (step 1)   ARGV[4] publish command (SPUBLISH)
 -- ARGV[5] recipient count R
 -- ARGV[6] count M of the batch's messages to any of these recipients
 -- ARGV[7..10] the limits
