@@ -111,10 +111,7 @@ async fn entry_past_max_deliveries_is_dead_lettered_and_not_delivered_again() {
 #[tokio::test]
 async fn redis_restart_keeps_clients_connected_and_loses_no_acked_send() {
     let mut redis = RedisServer::start_persistent();
-    let courier = Courier::start(
-        &redis.url(),
-        &[("COURIER_REDIS_TIMEOUT_MS", "500")],
-    );
+    let courier = Courier::start(&redis.url(), &[("COURIER_REDIS_TIMEOUT_MS", "500")]);
     redis.create_chat(10, &[1, 2]);
     let mut alice = courier.connect(1).await;
     let mut bob = courier.connect(2).await;

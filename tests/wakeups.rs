@@ -79,8 +79,7 @@ async fn the_optional_safety_poll_reads_every_idle_connections_inbox() {
 }
 
 #[tokio::test]
-async fn an_entry_whose_wake_up_was_lost_with_the_pubsub_connection_is_delivered_once_it_is_back()
-{
+async fn an_entry_whose_wake_up_was_lost_with_the_pubsub_connection_is_delivered_once_it_is_back() {
     let redis = RedisServer::start();
     let courier = Courier::start(&redis.url(), &[]);
     redis.create_chat(10, &[1, 2]);
@@ -146,7 +145,12 @@ impl ReplyCutter {
         Self { addr, armed, cut }
     }
 
-    async fn pipe(client: TcpStream, server: TcpStream, armed: Arc<AtomicBool>, cut: Arc<AtomicBool>) {
+    async fn pipe(
+        client: TcpStream,
+        server: TcpStream,
+        armed: Arc<AtomicBool>,
+        cut: Arc<AtomicBool>,
+    ) {
         let (mut from_client, mut to_client) = client.into_split();
         let (mut from_server, mut to_server) = server.into_split();
         let cutting = AtomicBool::new(false);

@@ -179,7 +179,10 @@ mod tests {
         assert!(inflight.holds("1-0") && inflight.holds("2-0"));
         inflight.retire_containing(&["1-0"]);
         assert!(inflight.has_room(), "the retired batch no longer counts");
-        assert!(!inflight.holds("1-0"), "a retired batch's entries may be delivered again");
+        assert!(
+            !inflight.holds("1-0"),
+            "a retired batch's entries may be delivered again"
+        );
         assert_eq!(inflight.oldest().map(|b| b.time_key), Some(2));
         assert_eq!(
             inflight.take(1).map(|b| b.stream_ids),

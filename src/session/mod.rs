@@ -262,9 +262,16 @@ struct Session {
 
 impl Session {
     /// Serves, says goodbye the way the ending calls for, and releases the consumer.
-    async fn live(mut self, mut stream: SplitStream<HyperWebsocketStream>, first: Vec<StreamEntry>) {
+    async fn live(
+        mut self,
+        mut stream: SplitStream<HyperWebsocketStream>,
+        first: Vec<StreamEntry>,
+    ) {
         let span = self.span.clone();
-        let ending = self.serve(&mut stream, first).instrument(span.clone()).await;
+        let ending = self
+            .serve(&mut stream, first)
+            .instrument(span.clone())
+            .await;
         let Session {
             node,
             outbox,
@@ -379,10 +386,7 @@ impl Session {
         let unfinished = self.reclaim_cursor != "0-0";
         let busy = !self.inflight.is_empty();
         let overdue = self.inflight.any_older_than(settings.ack_timeout);
-        if unfinished
-            || overdue
-            || (busy && self.last_reclaim.elapsed() >= settings.ack_timeout)
-        {
+        if unfinished || overdue || (busy && self.last_reclaim.elapsed() >= settings.ack_timeout) {
             Box::pin(self.reclaim()).await?;
         }
         Ok(())

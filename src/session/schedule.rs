@@ -63,7 +63,9 @@ impl Schedule {
 fn tick_period(settings: &SessionSettings) -> Duration {
     let ack_check = (settings.ack_timeout / 4).max(Duration::from_millis(10));
     let period = ack_check.min(settings.ping_interval);
-    settings.poll_interval.map_or(period, |poll| period.min(poll))
+    settings
+        .poll_interval
+        .map_or(period, |poll| period.min(poll))
 }
 
 /// Whether `next` has come; if so, moves it one period past now.

@@ -74,15 +74,14 @@ impl Store {
         consumer: &ConsumerRef,
         count: usize,
     ) -> Result<JoinReport, StoreError> {
-        let (claimed, trimmed, deleted_consumers, first): (u64, u64, u64, Value) =
-            JOIN_SCRIPT
-                .key(keys::inbox(consumer.user))
-                .arg(&consumer.device)
-                .arg(&consumer.consumer)
-                .arg(count)
-                .invoke_async(&mut self.conn("join"))
-                .await
-                .map_err(|e| self.error(e))?;
+        let (claimed, trimmed, deleted_consumers, first): (u64, u64, u64, Value) = JOIN_SCRIPT
+            .key(keys::inbox(consumer.user))
+            .arg(&consumer.device)
+            .arg(&consumer.consumer)
+            .arg(count)
+            .invoke_async(&mut self.conn("join"))
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(JoinReport {
             claimed,
             trimmed,

@@ -9,6 +9,8 @@
 --    them bump them): what the device's earlier connections, dead or alive, left
 --    unacked. Entries trimmed from the stream while pending come back as deleted ids
 --    and leave the PEL. A missing group (or stream) is created at 0 (MKSTREAM);
+--    the consumer is created unless the claim did (one consumer per connection, in
+--    XINFO CONSUMERS from the start, even before it has read anything);
 -- 2. deletes the group's other consumers that have nothing pending (after step 1,
 --    all of them): consumers of dead connections and instances. Deleting a live
 --    connection's empty consumer loses nothing: its next read creates it again;
@@ -27,6 +29,7 @@ if type(reply) == 'table' and reply.err then
     return redis.error_reply(reply.err)
   end
   redis.call('XGROUP', 'CREATE', KEYS[1], group, '0', 'MKSTREAM')
+  redis.call('XGROUP', 'CREATECONSUMER', KEYS[1], group, me)
 else
   while true do
     claimed = claimed + #reply[2]
@@ -36,15 +39,21 @@ else
     end
     reply = redis.call('XAUTOCLAIM', KEYS[1], group, me, 0, reply[1], 'COUNT', 1000, 'JUSTID')
   end
+  local exists = false
   for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
     local info = {}
     for i = 1, #consumer, 2 do
       info[consumer[i]] = consumer[i + 1]
     end
-    if info['name'] ~= me and info['pending'] == 0 then
+    if info['name'] == me then
+      exists = true
+    elseif info['pending'] == 0 then
       redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, info['name'])
       deleted = deleted + 1
     end
+  end
+  if not exists then
+    redis.call('XGROUP', 'CREATECONSUMER', KEYS[1], group, me)
   end
 end
 
