@@ -362,8 +362,11 @@ impl NotifierTask {
             self.connected = true;
             self.metrics.pubsub_reconnects.inc();
             true
-        } else if self.last_ping.elapsed() >= PING_EVERY {
-            if let Err(e) = self.ping().await {
+        } else {
+            self.conn.verify_primary().await;
+            if self.last_ping.elapsed() >= PING_EVERY
+                && let Err(e) = self.ping().await
+            {
                 tracing::warn!(
                     error = %super::redact_error(&e, &self.url),
                     "pub/sub connection did not answer PING; replacing it"
@@ -371,8 +374,6 @@ impl NotifierTask {
                 self.replace_connection();
                 return;
             }
-            false
-        } else {
             false
         };
         let missing: Vec<u64> = self
