@@ -142,6 +142,7 @@ local function trim(inbox, len, now, limits, lost)
     local oldest = nil
     if group['pending'] > 0 then
       oldest = parse_id(redis.call('XPENDING', inbox, group['name'], '-', '+', 1)[1][1])
+      group.oldest_pending = oldest
     elseif id_less(id_after(group.last), cut) then
       local next = redis.call('XRANGE', inbox, '(' .. group['last-delivered-id'], '+', 'COUNT', 1)[1]
       if next then
@@ -167,7 +168,7 @@ local function trim(inbox, len, now, limits, lost)
   local behind = {}
   for _, group in ipairs(groups) do
     local name, count = group['name'], 0
-    if group['pending'] > 0 then
+    if group.oldest_pending and id_less(group.oldest_pending, cut) then
       local below = redis.call('XPENDING', inbox, name, '-', '(' .. cut_text, group['pending'])
       for i = 1, #below, CHUNK do
         local ids = {}

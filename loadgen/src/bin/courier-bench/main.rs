@@ -9,6 +9,7 @@
 //! in one sitting).
 
 mod compare;
+mod memory;
 mod profile;
 mod runner;
 mod scenarios;

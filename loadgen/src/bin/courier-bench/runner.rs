@@ -15,6 +15,7 @@ use courier_testkit::{Courier, RedisServer};
 use serde_json::Value;
 
 use crate::compare::Limit;
+use crate::memory;
 use crate::profile;
 use crate::scenarios::{Kind, Run, StormSignal};
 use crate::summary;
@@ -74,7 +75,9 @@ impl Bench {
     pub fn run(&mut self, run: &Run, name: &str, bin: &Path, env: &[(String, String)]) {
         println!("== {name}: loadgen {}", run.args.join(" "));
         self.redis.flush_all();
-        let mut courier = match self.start_courier(bin, env) {
+        let mut env = env.to_vec();
+        env.extend(run.courier_env.iter().cloned());
+        let mut courier = match self.start_courier(bin, &env) {
             Ok(courier) => courier,
             Err(e) => {
                 eprintln!("bench: {name}: {e}");
@@ -83,7 +86,21 @@ impl Bench {
                 return;
             }
         };
+        let memory = match run.kind {
+            Kind::Memory(window) => {
+                let clients = memory::clients(&self.redis);
+                let base = memory::used(&clients).unwrap_or_default();
+                Some((window, base, memory::Sampler::start(clients)))
+            }
+            _ => None,
+        };
         let outcome = self.drive_loadgen(run, name, &mut courier);
+        let memory = memory.map(|(window, base, sampler)| {
+            // At rest: a window and a bit more with no traffic (and courier still up).
+            let traffic_end = sampler.elapsed();
+            std::thread::sleep(Duration::from_secs(window + 2));
+            (window, base, traffic_end, sampler.finish())
+        });
         // A courier that is gone before it is stopped was stopped by something else
         // (loadgen then sees close code 1001 or resets on every connection).
         let gone = if courier.is_running() {
@@ -94,7 +111,18 @@ impl Bench {
         };
         courier.stop();
         match outcome {
-            Ok(report) => {
+            Ok(mut report) => {
+                if let Some((window, base, traffic_end, samples)) = memory {
+                    let mut figures =
+                        memory::figures(base, &samples, traffic_end, &report, window as f64);
+                    if let RedisServer::Single(node) = &self.redis
+                        && let Ok(client) = node.client()
+                    {
+                        figures["dedup_record_bytes"] =
+                            memory::dedup_record_cost(&client, 100_000).unwrap_or_default();
+                    }
+                    report["memory"] = figures;
+                }
                 let json = report.to_string();
                 let _ = std::fs::write(
                     self.results.join(format!("{name}.json")),

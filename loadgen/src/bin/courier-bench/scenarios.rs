@@ -17,6 +17,7 @@ pub enum Scenario {
     Overload,
     IdleCost,
     ConnectStorm,
+    Memory,
 }
 
 /// What the help says about the scenarios.
@@ -48,6 +49,16 @@ Scenarios (default: throughput latency idle), each bounded in time:
                 joins/s from the first to the last join, failed attempts by kind (HTTP
                 503/429, refused, timeout), Redis commands per join
 
+  memory        Redis memory under steady traffic for several retention windows: 1,000
+                connections, fan-out 10, 500 sends/s of one message (5,000 delivered
+                msgs/s) for 60 s with courier's history, dedup window and legacy
+                lists bounded to a 10 s window (COURIER_HISTORY_RETENTION_S=10,
+                COURIER_DEDUP_WINDOW_S=10, COURIER_LEGACY_LIST_MAXLEN=20), then 12 s
+                at rest: used_memory (and used_memory_dataset) every second, their
+                spread once the window is reached, bytes per delivered message and
+                per user at rest; and what one dedup record costs (single
+                redis-server). --quick: a 5 s window, 20 s of traffic
+
 --quick shortens every scenario (3 s runs, 1,000 connections for idle/idle-cost/
 connect-storm, an overload sweep of 100 and 1,000 senders) for a smoke test.
 
@@ -64,6 +75,9 @@ pub enum Kind {
     /// A connect storm: courier is stopped with this signal and started again when
     /// loadgen is ready.
     Storm(StormSignal),
+    /// Redis `used_memory` is sampled through the run and a rest of a window after it,
+    /// for a retention window of this many seconds.
+    Memory(u64),
 }
 
 /// How courier goes away in a connect storm.
@@ -81,6 +95,8 @@ pub struct Run {
     pub name: String,
     pub args: Vec<String>,
     pub kind: Kind,
+    /// Settings for courier besides the driver's environment.
+    pub courier_env: Vec<(String, String)>,
 }
 
 /// The knobs of every scenario, from the command line and the environment.
@@ -112,6 +128,7 @@ impl Settings {
             name,
             args,
             kind: Kind::Plain,
+            courier_env: Vec::new(),
         };
         let timing = |duration: f64| {
             vec![
@@ -198,6 +215,7 @@ impl Settings {
                     name: "profile".into(),
                     args: a,
                     kind: Kind::Profile,
+                    courier_env: Vec::new(),
                 }]
             }
             Scenario::All => [
@@ -233,6 +251,33 @@ impl Settings {
                     name: format!("connect-storm-{n}"),
                     args: a,
                     kind: Kind::Storm(self.storm_signal),
+                    courier_env: Vec::new(),
+                }]
+            }
+            Scenario::Memory => {
+                let (window, duration) = if self.quick { (5, 20) } else { (10, 60) };
+                let mut a = args(&[
+                    "--connections",
+                    "1000",
+                    "--fanout",
+                    "10",
+                    "--senders",
+                    "100",
+                    "--rate",
+                    "500",
+                    "--batch",
+                    "1",
+                    "--warmup",
+                    "2",
+                    "--drain",
+                    "10",
+                ]);
+                a.extend(["--duration".into(), duration.to_string()]);
+                vec![Run {
+                    name: format!("memory-w{window}"),
+                    args: a,
+                    kind: Kind::Memory(window),
+                    courier_env: crate::memory::courier_env(window),
                 }]
             }
         }
@@ -275,6 +320,7 @@ impl Settings {
                     name: format!("overload-w{window}-{senders}"),
                     args: a,
                     kind: Kind::Plain,
+                    courier_env: Vec::new(),
                 });
             }
         }

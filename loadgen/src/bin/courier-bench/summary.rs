@@ -80,6 +80,15 @@ pub fn line(report: &Value) -> String {
         let counters = &r["courier_counters"];
         parts.push(format!("redelivered={}", counters["redelivered"]));
     }
+    if r["memory"].is_object() {
+        parts.push(crate::memory::line(&r["memory"]));
+        if r["memory"]["dedup_record_bytes"].is_object() {
+            parts.push(format!(
+                "dedup record B={}",
+                r["memory"]["dedup_record_bytes"]
+            ));
+        }
+    }
     if let Some(ratios) = r["ratios"].as_object() {
         for (name, ratio) in ratios {
             let limit = name.strip_prefix("delivered_per_").unwrap_or(name);
