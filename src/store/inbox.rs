@@ -39,15 +39,18 @@ pub enum ReadFrom<'a> {
     New,
 }
 
-/// What joining found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What joining found, and the connection's first batch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JoinReport {
     /// Entries claimed from earlier consumers of the device.
     pub claimed: u64,
     /// Pending entries found trimmed from the stream.
     pub trimmed: u64,
-    /// Stale consumers (nothing pending, not reading) deleted.
+    /// Other consumers of the device with nothing pending, deleted.
     pub deleted_consumers: u64,
+    /// The first batch: the consumer's own pending history (what it claimed) when
+    /// `claimed > 0`, else new entries.
+    pub first: Vec<StreamEntry>,
 }
 
 /// What a reclaim took back.
@@ -62,19 +65,20 @@ pub struct Reclaimed {
 }
 
 impl Store {
-    /// Creates the device's group and this consumer, claims what earlier
-    /// connections of the device left pending, and deletes the group's consumers that
-    /// have nothing pending and have not read for `stale_after`. One round trip.
+    /// Creates the device's group if missing, claims for this consumer what earlier
+    /// connections of the device left pending, deletes the group's other consumers
+    /// (they have nothing pending left), and reads the first batch of up to `count`
+    /// entries: the claimed ones first, else new ones. One round trip (`join.lua`).
     pub async fn join(
         &self,
         consumer: &ConsumerRef,
-        stale_after: Duration,
+        count: usize,
     ) -> Result<JoinReport, StoreError> {
-        let (claimed, trimmed, deleted_consumers): (u64, u64, u64) = JOIN_SCRIPT
+        let (claimed, trimmed, deleted_consumers, first): (u64, u64, u64, Value) = JOIN_SCRIPT
             .key(keys::inbox(consumer.user))
             .arg(&consumer.device)
             .arg(&consumer.consumer)
-            .arg(stale_after.as_millis() as u64)
+            .arg(count)
             .invoke_async(&mut self.conn("join"))
             .await
             .map_err(|e| self.error(e))?;
@@ -82,6 +86,7 @@ impl Store {
             claimed,
             trimmed,
             deleted_consumers,
+            first: parse_counted_entries(first).map_err(StoreError::Internal)?,
         })
     }
 
@@ -97,15 +102,18 @@ impl Store {
             ReadFrom::PendingAfter(after) => after,
             ReadFrom::New => return self.read_new(consumer, count).await,
         };
-        let reply: Value = READ_PENDING_SCRIPT
-            .key(keys::inbox(consumer.user))
-            .arg(&consumer.device)
-            .arg(&consumer.consumer)
-            .arg(after)
-            .arg(count)
-            .invoke_async(&mut self.conn("read_pending"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let reply: Value = self
+            .in_group(consumer, || async {
+                READ_PENDING_SCRIPT
+                    .key(keys::inbox(consumer.user))
+                    .arg(&consumer.device)
+                    .arg(&consumer.consumer)
+                    .arg(after)
+                    .arg(count)
+                    .invoke_async(&mut self.conn("read_pending"))
+                    .await
+            })
+            .await?;
         parse_counted_entries(reply).map_err(StoreError::Internal)
     }
 
@@ -119,16 +127,19 @@ impl Store {
         cursor: &str,
         count: usize,
     ) -> Result<Reclaimed, StoreError> {
-        let (cursor, entries, trimmed): (String, Value, u64) = RECLAIM_SCRIPT
-            .key(keys::inbox(consumer.user))
-            .arg(&consumer.device)
-            .arg(&consumer.consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg(cursor)
-            .arg(count)
-            .invoke_async(&mut self.conn("reclaim"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let (cursor, entries, trimmed): (String, Value, u64) = self
+            .in_group(consumer, || async {
+                RECLAIM_SCRIPT
+                    .key(keys::inbox(consumer.user))
+                    .arg(&consumer.device)
+                    .arg(&consumer.consumer)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg(cursor)
+                    .arg(count)
+                    .invoke_async(&mut self.conn("reclaim"))
+                    .await
+            })
+            .await?;
         let entries = parse_counted_entries(entries).map_err(StoreError::Internal)?;
         Ok(Reclaimed {
             cursor,
@@ -142,18 +153,21 @@ impl Store {
         consumer: &ConsumerRef,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&consumer.device)
-            .arg(&consumer.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(keys::inbox(consumer.user))
-            .arg(">")
-            .query_async(&mut self.conn("read_new"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let reply: Value = self
+            .in_group(consumer, || async {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&consumer.device)
+                    .arg(&consumer.consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(keys::inbox(consumer.user))
+                    .arg(">")
+                    .query_async(&mut self.conn("read_new"))
+                    .await
+            })
+            .await?;
         parse_entries(reply).map_err(StoreError::Internal)
     }
 
@@ -199,6 +213,42 @@ impl Store {
             .invoke_async(&mut self.conn("dead_letter"))
             .await
             .map_err(|e| self.error(e))
+    }
+
+    /// Runs a read of the device's group; if the group is gone (`NOGROUP`: a failover
+    /// lost it, or the inbox, before it reached the replica), creates it again at `0`
+    /// and runs the read once more. The device then gets again what the stream
+    /// retains: duplicates, which clients drop by message id, never a gap. (A consumer
+    /// that is gone needs nothing: reads and claims create it.)
+    async fn in_group<T, F, Fut>(&self, consumer: &ConsumerRef, read: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match read().await {
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::warn!(
+                    user = consumer.user,
+                    device = %consumer.device,
+                    "the device's consumer group is missing (lost in a Redis failover?); \
+                     creating it again at 0: the device gets what its inbox retains again"
+                );
+                let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(keys::inbox(consumer.user))
+                    .arg(&consumer.device)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut self.conn("join"))
+                    .await;
+                match created {
+                    Err(e) if e.code() != Some("BUSYGROUP") => return Err(self.error(e)),
+                    _ => {}
+                }
+                read().await.map_err(|e| self.error(e))
+            }
+            result => result.map_err(|e| self.error(e)),
+        }
     }
 
     /// Deletes the consumer if nothing is pending on it; returns whether it did.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::replicated::ReplicaPolicy;
 use super::topology::Topology;
 use crate::config::{Config, ConfigError};
 
@@ -20,6 +21,9 @@ pub struct RedisOptions {
     /// PEM CA certificate(s) trusted for `rediss://` instead of the system roots
     /// (the contents of `COURIER_REDIS_CA_FILE`).
     pub ca_cert: Option<Vec<u8>>,
+    /// Replicas that must confirm a send before it is acked
+    /// (`COURIER_REDIS_MIN_REPLICAS`; 0: none, no `WAIT`).
+    pub min_replicas: u32,
 }
 
 impl RedisOptions {
@@ -42,6 +46,16 @@ impl RedisOptions {
             topology,
             response_timeout: config.redis_timeout,
             ca_cert,
+            min_replicas: config.redis_min_replicas,
+        })
+    }
+
+    /// What replicated acks ask for, when `min_replicas` > 0: `WAIT` waits up to half
+    /// the command timeout, so its answer comes back within the command's own timeout.
+    pub fn replica_policy(&self) -> Option<ReplicaPolicy> {
+        (self.min_replicas > 0).then(|| ReplicaPolicy {
+            min_replicas: self.min_replicas,
+            timeout: self.response_timeout / 2,
         })
     }
 }
