@@ -28,6 +28,7 @@ mod send_sharded;
 mod sentinel_conn;
 pub mod settings;
 pub mod topology;
+mod trim;
 
 use std::sync::Arc;
 use std::time::Instant;
