@@ -4,8 +4,9 @@
 //! `prepare` before the 101: it subscribes the user's wake-ups and joins the device's
 //! consumer group (claiming what earlier connections left pending), so a Redis
 //! failure is still an HTTP error. `run` then serves the socket in that task: client
-//! frames go to `sending` (batches, through the node's publisher) and `delivery`
-//! (acks); wake-ups, the safety poll and the ack-timeout check make `delivery` read
+//! frames go to `sending` (batches, written one at a time through the node's
+//! publisher while the session goes on; at most `sending::SEND_QUEUE` unanswered,
+//! then the socket is not read) and `delivery` (acks); wake-ups, the safety poll and the ack-timeout check make `delivery` read
 //! the inbox and push batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are
 //! unacked. Writes go through the bounded `writer::Outbox`. When the connection ends
 //! (or is never served), its consumer is deleted if nothing is pending on it;
@@ -39,6 +40,7 @@ use crate::store::{ConsumerRef, StoreError};
 use inflight::InFlight;
 use limits::{Limits, Verdict};
 use schedule::{Due, Schedule};
+use sending::Sends;
 use settings::SessionSettings;
 use writer::Outbox;
 
@@ -157,6 +159,7 @@ fn run(
         subscription,
         outbox,
         span,
+        sends: Sends::default(),
         history_cursor: Some("0".into()),
         reclaim_cursor: "0-0".into(),
         last_reclaim: Instant::now(),
@@ -190,6 +193,8 @@ struct Session {
     /// The `connection` span; client batches link to it.
     span: tracing::Span,
     inflight: InFlight,
+    /// Client batches accepted and not yet answered.
+    sends: Sends,
     /// While `Some`, the consumer's own pending entries after this id are read first;
     /// `None` once they are all delivered, then only new entries are read.
     history_cursor: Option<String>,
@@ -216,6 +221,10 @@ impl Session {
     async fn live(mut self, mut stream: SplitStream<HyperWebsocketStream>) {
         let span = self.span.clone();
         let ending = self.serve(&mut stream).instrument(span.clone()).await;
+        if !matches!(ending, Ending::Dropped(_)) {
+            // Errors here are the socket's: the ending says goodbye as it can.
+            let _ = Box::pin(self.finish_sends()).instrument(span.clone()).await;
+        }
         let Session {
             node,
             outbox,
@@ -277,7 +286,11 @@ impl Session {
                     self.want_read = true;
                     Ok(())
                 }
-                frame = stream.next() => {
+                (time_key, outcome) = self.sends.written(), if self.sends.busy() => {
+                    self.on_written(time_key, outcome)
+                }
+                // Not while the connection's batches fill their queue: TCP pushes back.
+                frame = stream.next(), if self.sends.has_room() => {
                     self.last_seen = Instant::now();
                     match frame {
                         None => return Ending::Dropped("socket closed"),
@@ -386,7 +399,8 @@ impl Session {
             }
             Ok(ClientFrame::Send(batch)) => {
                 metrics.frame_in("messages");
-                self.on_send(batch).await
+                self.on_send(batch);
+                Ok(())
             }
             Ok(ClientFrame::Ack(time_key)) => {
                 metrics.frame_in("ack");
