@@ -67,7 +67,10 @@ impl Sends {
         let written = task.await.unwrap_or_else(|e| {
             error!(error = %e, "a send task failed");
             let error = ProtocolError::new(ErrorCode::Internal, "internal error");
-            (*time_key, Err(PublishError::Refused(error.with_time_key(*time_key))))
+            (
+                *time_key,
+                Err(PublishError::Refused(error.with_time_key(*time_key))),
+            )
         });
         self.writing = None;
         written

@@ -339,7 +339,10 @@ mod tests {
         let mut waiting = Box::pin(gate.enter(Lane::Control));
         assert!(waiting.as_mut().now_or_never().is_none());
 
-        assert!(gate.observe(Health::Down), "the first failure starts a probe");
+        assert!(
+            gate.observe(Health::Down),
+            "the first failure starts a probe"
+        );
         assert!(!gate.observe(Health::Down), "one probe at a time");
         assert_eq!(waiting.await.err(), Some(RedisDown));
         drop(held);

@@ -184,9 +184,11 @@ fn redis_down() -> RedisError {
 
 impl ConnectionLike for TimedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(self.through_gate(async move |conn: &mut RedisBackend| {
-            conn.req_packed_command(cmd).await
-        }))
+        Box::pin(
+            self.through_gate(async move |conn: &mut RedisBackend| {
+                conn.req_packed_command(cmd).await
+            }),
+        )
     }
 
     fn req_packed_commands<'a>(
