@@ -259,6 +259,13 @@ impl Session {
         let shutdown = self.node.shutdown.clone();
         loop {
             if self.want_read && self.inflight.has_room() {
+                // When a connection's own messages come back to it, its batches are
+                // answered before it reads: the ack of a batch precedes its echo.
+                if node.publisher.delivers_to_sender() {
+                    if let Err(ending) = Box::pin(self.finish_sends()).await {
+                        return ending;
+                    }
+                }
                 if let Err(ending) = Box::pin(self.deliver()).await {
                     return ending;
                 }
