@@ -28,9 +28,11 @@ pub struct Config {
     #[arg(long, env = "COURIER_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Redis URL (`redis://`, `rediss://`, with `user:password@` for ACLs), or a
-    /// Redis Cluster's seed nodes: `redis+cluster://host:port,host:port` (TLS:
-    /// `rediss+cluster://`). Defaults to `redis://127.0.0.1:6379`.
+    /// Redis URL (`redis://`, `rediss://`, with `user:password@` for ACLs), a Redis
+    /// Cluster's seed nodes: `redis+cluster://host:port,host:port` (TLS:
+    /// `rediss+cluster://`), or a Sentinel-managed primary:
+    /// `redis+sentinel://host:port,host:port/<master-name>` (TLS: `rediss+sentinel://`).
+    /// Defaults to `redis://127.0.0.1:6379`.
     #[arg(
         long,
         env = "COURIER_REDIS_URL",
@@ -43,6 +45,13 @@ pub struct Config {
     /// roots. Defaults to none.
     #[arg(long, env = "COURIER_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
+
+    /// Replicas that must confirm a send's write (Redis `WAIT`) before it is acked and
+    /// a publish answered 202; fewer within the command timeout answer `unavailable`.
+    /// Defaults to 0 (ack once the primary has it).
+    #[arg(long, env = "COURIER_REDIS_MIN_REPLICAS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_min_replicas: u32,
 
     /// HS256 shared secret. At least one of this and the public key file is required.
     #[arg(long, env = "COURIER_JWT_SECRET", hide_env_values = true)]

@@ -56,7 +56,23 @@ async fn ack_comes_after_the_stream_entry_and_legacy_list_are_written() {
             json!({"sender_id": 1, "chat_id": 10, "content_text": "two"}),
         ]
     );
-    assert_eq!(redis.cmd::<u64>(&["GET", "message:last_id"]), 2);
+    // The batch took two consecutive ids, the counter's last two, which never fall
+    // below the clock in microseconds (and stay below 2^53).
+    let last: u64 = redis.cmd(&["GET", "message:last_id"]);
+    let entries: Vec<(String, Vec<String>)> = redis.cmd(&["XRANGE", "inbox:{user:2}", "-", "+"]);
+    let ids: Vec<&str> = entries
+        .iter()
+        .map(|(_, fields)| fields[1].as_str())
+        .collect();
+    assert_eq!(ids, [(last - 1).to_string(), last.to_string()]);
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    assert!(
+        last > now_micros - 60_000_000 && last < 1 << 53,
+        "ids start from the clock: {last} vs {now_micros}"
+    );
     let ttl: i64 = redis.cmd(&["TTL", "dedup:{user:1}:1"]);
     assert!(
         ttl > 0 && ttl <= 300,
@@ -72,11 +88,12 @@ async fn resent_time_key_is_acked_again_and_writes_nothing() {
     let mut alice = courier.connect(1).await;
 
     alice.send_acked(42, 1, &[(10, "once")]).await;
+    let last: u64 = redis.cmd(&["GET", "message:last_id"]);
     alice.send_acked(42, 1, &[(10, "once")]).await;
 
     assert_eq!(redis.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 1);
     assert_eq!(redis.cmd::<u64>(&["LLEN", "user:2"]), 1);
-    assert_eq!(redis.cmd::<u64>(&["GET", "message:last_id"]), 1);
+    assert_eq!(redis.cmd::<u64>(&["GET", "message:last_id"]), last);
 }
 
 #[tokio::test]

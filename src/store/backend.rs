@@ -2,7 +2,9 @@
 //!
 //! [`Topology`] is what `COURIER_REDIS_URL` names: `redis://` / `rediss://` for one
 //! server, `redis+cluster://` / `rediss+cluster://` with a comma-separated list of seed
-//! nodes for a Redis Cluster. [`RedisBackend`] is the connection of either kind behind
+//! nodes for a Redis Cluster, `redis+sentinel://…/<master-name>` for a primary found
+//! through its sentinels (a single node that moves on a failover,
+//! `sentinel_conn.rs`). [`RedisBackend`] is the connection of any kind behind
 //! `redis::aio::ConnectionLike`, so every [`super::Store`] command and script runs
 //! unchanged on both; what differs is said here once:
 //!
@@ -30,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::StoreError;
 use super::cluster_conn::HealingCluster;
+use super::sentinel_conn::{NodeConfig, SentinelPrimary};
 use super::settings::RedisOptions;
 use super::topology::Topology;
 
@@ -42,6 +45,8 @@ pub enum RedisBackend {
     Single(ConnectionManager),
     /// A Redis Cluster: one multiplexed connection per node, routed by slot.
     Cluster(HealingCluster),
+    /// A primary found through Sentinel: one server at a time, like `Single`.
+    Sentinel(SentinelPrimary),
 }
 
 impl RedisBackend {
@@ -75,20 +80,21 @@ impl RedisBackend {
                         Client::build_with_tls(info, certificates).map_err(error)?
                     }
                 };
-                let mut config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(options.response_timeout))
-                    .set_connection_timeout(Some(options.response_timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                if let Some(pushes) = pushes {
-                    config = config
-                        .set_push_sender(pushes)
-                        .set_automatic_resubscription();
-                }
+                let config = manager_config(options, pushes);
                 ConnectionManager::new_lazy_with_config(client, config)
                     .map(Self::Single)
                     .map_err(error)
             }
+            Topology::Sentinel(sentinel) => Ok(Self::Sentinel(SentinelPrimary::new(
+                sentinel.clone(),
+                NodeConfig {
+                    protocol,
+                    certificates,
+                    config: manager_config(options, pushes.clone()),
+                    pushes,
+                    timeout: options.response_timeout,
+                },
+            ))),
             Topology::Cluster(nodes) => {
                 let mut builder = ClusterClientBuilder::new(nodes.clone())
                     .use_protocol(protocol)
@@ -124,11 +130,20 @@ impl RedisBackend {
         matches!(self, Self::Cluster(_))
     }
 
+    /// Behind Sentinel, checks that the connected server is still the primary and
+    /// follows the sentinels to the new one if not (a connection that only listens
+    /// would otherwise stay on a demoted primary); nothing to do for the other kinds.
+    pub async fn verify_primary(&self) {
+        if let Self::Sentinel(conn) = self {
+            let _ = conn.verify().await;
+        }
+    }
+
     /// The command that publishes a wake-up: `PUBLISH`, or `SPUBLISH` on a cluster.
     /// Scripts take it as an argument, so one script serves both.
     pub fn publish_command(&self) -> &'static str {
         match self {
-            Self::Single(_) => "PUBLISH",
+            Self::Single(_) | Self::Sentinel(_) => "PUBLISH",
             Self::Cluster(_) => "SPUBLISH",
         }
     }
@@ -137,7 +152,7 @@ impl RedisBackend {
     /// for (`message`, or `smessage` on a cluster).
     pub fn is_message(&self, kind: &PushKind) -> bool {
         match self {
-            Self::Single(_) => *kind == PushKind::Message,
+            Self::Single(_) | Self::Sentinel(_) => *kind == PushKind::Message,
             Self::Cluster(_) => *kind == PushKind::SMessage,
         }
     }
@@ -158,6 +173,13 @@ impl RedisBackend {
                 let result = conn.subscribe(channels).await;
                 vec![result; channels.len()]
             }
+            Self::Sentinel(conn) => {
+                let result = match conn.connection().await {
+                    Ok(mut conn) => conn.subscribe(channels).await,
+                    Err(e) => Err(e),
+                };
+                vec![result; channels.len()]
+            }
             Self::Cluster(conn) => {
                 let calls = channels.iter().map(|channel| {
                     let mut conn = conn.current();
@@ -172,6 +194,7 @@ impl RedisBackend {
     pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Self::Single(conn) => conn.unsubscribe(channels).await,
+            Self::Sentinel(conn) => conn.connection().await?.unsubscribe(channels).await,
             Self::Cluster(conn) => {
                 let calls = channels.iter().map(|channel| {
                     let mut conn = conn.current();
@@ -188,6 +211,7 @@ impl ConnectionLike for RedisBackend {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Sentinel(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -200,6 +224,7 @@ impl ConnectionLike for RedisBackend {
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -207,6 +232,27 @@ impl ConnectionLike for RedisBackend {
         match self {
             Self::Single(conn) => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
+            Self::Sentinel(conn) => conn.get_db(),
         }
+    }
+}
+
+/// The settings of a single-node connection manager: the command timeout for
+/// commands and connecting, one quick reconnect attempt per failure, and with
+/// `pushes` the RESP3 push sender with automatic resubscription.
+fn manager_config(
+    options: &RedisOptions,
+    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> ConnectionManagerConfig {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(options.response_timeout))
+        .set_connection_timeout(Some(options.response_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    match pushes {
+        Some(pushes) => config
+            .set_push_sender(pushes)
+            .set_automatic_resubscription(),
+        None => config,
     }
 }

@@ -97,15 +97,18 @@ impl Store {
             ReadFrom::PendingAfter(after) => after,
             ReadFrom::New => return self.read_new(consumer, count).await,
         };
-        let reply: Value = READ_PENDING_SCRIPT
-            .key(keys::inbox(consumer.user))
-            .arg(&consumer.device)
-            .arg(&consumer.consumer)
-            .arg(after)
-            .arg(count)
-            .invoke_async(&mut self.conn("read_pending"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let reply: Value = self
+            .in_group(consumer, || async {
+                READ_PENDING_SCRIPT
+                    .key(keys::inbox(consumer.user))
+                    .arg(&consumer.device)
+                    .arg(&consumer.consumer)
+                    .arg(after)
+                    .arg(count)
+                    .invoke_async(&mut self.conn("read_pending"))
+                    .await
+            })
+            .await?;
         parse_counted_entries(reply).map_err(StoreError::Internal)
     }
 
@@ -119,16 +122,19 @@ impl Store {
         cursor: &str,
         count: usize,
     ) -> Result<Reclaimed, StoreError> {
-        let (cursor, entries, trimmed): (String, Value, u64) = RECLAIM_SCRIPT
-            .key(keys::inbox(consumer.user))
-            .arg(&consumer.device)
-            .arg(&consumer.consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg(cursor)
-            .arg(count)
-            .invoke_async(&mut self.conn("reclaim"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let (cursor, entries, trimmed): (String, Value, u64) = self
+            .in_group(consumer, || async {
+                RECLAIM_SCRIPT
+                    .key(keys::inbox(consumer.user))
+                    .arg(&consumer.device)
+                    .arg(&consumer.consumer)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg(cursor)
+                    .arg(count)
+                    .invoke_async(&mut self.conn("reclaim"))
+                    .await
+            })
+            .await?;
         let entries = parse_counted_entries(entries).map_err(StoreError::Internal)?;
         Ok(Reclaimed {
             cursor,
@@ -142,18 +148,21 @@ impl Store {
         consumer: &ConsumerRef,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&consumer.device)
-            .arg(&consumer.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(keys::inbox(consumer.user))
-            .arg(">")
-            .query_async(&mut self.conn("read_new"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let reply: Value = self
+            .in_group(consumer, || async {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&consumer.device)
+                    .arg(&consumer.consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("STREAMS")
+                    .arg(keys::inbox(consumer.user))
+                    .arg(">")
+                    .query_async(&mut self.conn("read_new"))
+                    .await
+            })
+            .await?;
         parse_entries(reply).map_err(StoreError::Internal)
     }
 
@@ -199,6 +208,42 @@ impl Store {
             .invoke_async(&mut self.conn("dead_letter"))
             .await
             .map_err(|e| self.error(e))
+    }
+
+    /// Runs a read of the device's group; if the group is gone (`NOGROUP`: a failover
+    /// lost it, or the inbox, before it reached the replica), creates it again at `0`
+    /// and runs the read once more. The device then gets again what the stream
+    /// retains: duplicates, which clients drop by message id, never a gap. (A consumer
+    /// that is gone needs nothing: reads and claims create it.)
+    async fn in_group<T, F, Fut>(&self, consumer: &ConsumerRef, read: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match read().await {
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::warn!(
+                    user = consumer.user,
+                    device = %consumer.device,
+                    "the device's consumer group is missing (lost in a Redis failover?); \
+                     creating it again at 0: the device gets what its inbox retains again"
+                );
+                let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(keys::inbox(consumer.user))
+                    .arg(&consumer.device)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut self.conn("join"))
+                    .await;
+                match created {
+                    Err(e) if e.code() != Some("BUSYGROUP") => return Err(self.error(e)),
+                    _ => {}
+                }
+                read().await.map_err(|e| self.error(e))
+            }
+            result => result.map_err(|e| self.error(e)),
+        }
     }
 
     /// Deletes the consumer if nothing is pending on it; returns whether it did.

@@ -24,9 +24,11 @@ pub mod inbox;
 pub mod keys;
 pub mod notify;
 pub mod ops;
+mod replicated;
 mod reply;
 pub mod send;
 mod send_sharded;
+mod sentinel_conn;
 pub mod settings;
 pub mod topology;
 
@@ -44,6 +46,7 @@ use gate::{Gate, Health, Lane};
 
 pub use entry::{EntryBody, NewMessage, StoredMessage, StreamEntry};
 pub use inbox::ConsumerRef;
+pub use replicated::ReplicaPolicy;
 pub use send::{SendOutcome, SendRequest};
 pub use settings::{RedisOptions, Retention};
 pub use topology::Topology;
@@ -122,6 +125,9 @@ pub struct Store {
     retention: Retention,
     /// What every command passes before it is sent.
     gate: Arc<Gate>,
+    /// With `COURIER_REDIS_MIN_REPLICAS` > 0: the send writes' own connection, each
+    /// followed by `WAIT` (`replicated.rs`).
+    replicated: Option<Arc<replicated::Replicated>>,
 }
 
 /// How often the gate probes Redis while it is down.
@@ -209,7 +215,8 @@ impl ConnectionLike for TimedConnection {
 
 impl Store {
     /// Connects lazily: the first command opens the connection, and a broken one is
-    /// reopened on the next command. Fails only on a malformed URL.
+    /// reopened on the next command. Fails only on a malformed URL. With replicated
+    /// acks, starts the task that groups the send writes (so within a runtime).
     pub fn open(
         options: &RedisOptions,
         retention: Retention,
@@ -218,12 +225,22 @@ impl Store {
         let conn = RedisBackend::open(options, None)?;
         // On a cluster one node's outage must not refuse the others' commands.
         let gate = Gate::new(options.max_inflight, !conn.is_cluster());
+        let replicated = match options.replica_policy() {
+            Some(policy) => Some(replicated::Replicated::start(
+                policy,
+                RedisBackend::open(options, None)?,
+                metrics.clone(),
+                gate.clone(),
+            )),
+            None => None,
+        };
         Ok(Self {
             conn,
             url: options.url.as_str().into(),
             metrics,
             retention,
             gate,
+            replicated,
         })
     }
 
@@ -239,6 +256,31 @@ impl Store {
 
     fn error(&self, e: RedisError) -> StoreError {
         StoreError::from_redis(&e, &self.url)
+    }
+
+    /// Runs a send script that writes: on the shared connection, or with replicated
+    /// acks on the writes' own connection, followed by `WAIT` (fewer replicas than
+    /// required in time: `Unavailable`).
+    async fn write_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'static>,
+    ) -> Result<T, StoreError> {
+        let Some(replicated) = &self.replicated else {
+            return invocation
+                .invoke_async(&mut self.conn("send"))
+                .await
+                .map_err(|e| self.error(e));
+        };
+        match replicated.invoke(invocation, &self.metrics).await {
+            Ok(value) => redis::from_redis_value(value).map_err(|e| self.error(e.into())),
+            Err(replicated::Failure::Redis(e)) => Err(self.error(e)),
+            Err(replicated::Failure::NotReplicated { confirmed }) => {
+                Err(StoreError::Unavailable(format!(
+                    "the write reached {confirmed} of the {} replicas required in time",
+                    replicated.min_replicas()
+                )))
+            }
+        }
     }
 
     /// `PING`: is Redis answering (every node, on a cluster)? Used by `/readyz`.

@@ -321,7 +321,9 @@ impl NotifierTask {
     /// between are lost. While connected, subscribes again the users whose
     /// subscription failed or was dropped by Redis, and wakes them.
     async fn check_health(&mut self) {
-        if !self.connected {
+        if self.connected {
+            self.conn.verify_primary().await;
+        } else {
             if redis::cmd("PING")
                 .query_async::<()>(&mut self.conn)
                 .await

@@ -1,5 +1,6 @@
 -- courier send script: one sent batch, written atomically (send_writes.lua, in front
--- of this text, reads the messages and writes each recipient).
+-- of this text, reads the messages and writes each recipient; ids.lua allocates the
+-- ids).
 --
 -- KEYS[1]            dedup:{user:<sender>}:<time_key>
 -- KEYS[2]            message:last_id
@@ -14,11 +15,14 @@
 
 local seen = redis.call('GET', KEYS[1])
 if seen then
+  -- Written again as it is (same value, same expiry): a write, so that a WAIT after
+  -- this call (replicated acks) also covers the batch's first write.
+  redis.call('SET', KEYS[1], seen, 'KEEPTTL')
   return {0, seen}
 end
 
 local n, r = tonumber(ARGV[3]), tonumber(ARGV[4])
-local first = redis.call('INCRBY', KEYS[2], n) - n + 1
+local first = allocate_ids(KEYS[2], n)
 
 local messages, pos = read_messages(6, n, first)
 for rcpt = 1, r do

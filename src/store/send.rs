@@ -20,10 +20,12 @@ use super::reply::value_text;
 use super::{Store, StoreError, keys};
 
 /// Lua scripts cannot include files: the send scripts are `send_writes.lua`, the
-/// functions they share, followed by their own text.
+/// functions they share, followed by their own text (here with `ids.lua`'s id
+/// allocation in front).
 static SEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("send_writes.lua"),
+        include_str!("ids.lua"),
         include_str!("send.lua")
     ))
 });
@@ -196,10 +198,7 @@ impl Store {
             let local = fan_out.messages_of[number].iter().map(|&index| index + 1);
             push_recipient(&mut invocation, user, local, all.len());
         }
-        let reply: (i64, Value) = invocation
-            .invoke_async(&mut self.conn("send"))
-            .await
-            .map_err(|e| self.error(e))?;
+        let reply: (i64, Value) = self.write_script(invocation).await?;
         match reply {
             (1, Value::Int(first_id)) => Ok(SendOutcome::Written {
                 first_id: first_id.unsigned_abs(),

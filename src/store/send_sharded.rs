@@ -8,7 +8,8 @@
 //!    allocated nothing) and the id reservation
 //!    `dedup:{user:<sender>}:<time_key>:ids` (an unfinished earlier attempt's ids are
 //!    reused, so a retry writes the same ids); a fresh batch then gets its ids from
-//!    `INCRBY message:last_id N` and reserves them with a second call;
+//!    `message:last_id` (`ids.lua`: an `INCRBY` that never falls below the clock) and
+//!    reserves them with a second call;
 //! 2. `send_slot.lua` once per slot of the recipients, all issued together (the
 //!    client pipelines them per node): each recipient's stream entries, legacy items,
 //!    marker `dedup:{user:<recipient>}:from:<sender>:<time_key>` and wake-up
@@ -33,6 +34,13 @@ use super::send::{
 };
 use super::{Store, StoreError, keys};
 
+/// `ids.lua`'s allocation on its own, for the counter's slot.
+static IDS_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("ids.lua"),
+        "return allocate_ids(KEYS[1], tonumber(ARGV[1]))\n"
+    ))
+});
 static RESERVE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("send_reserve.lua")));
 /// `send_writes.lua`, the functions it shares with `send.lua`, then its own text.
@@ -69,13 +77,13 @@ impl Store {
             Reservation::Written(first) => return Ok(duplicate(first)?),
             Reservation::Ids(first) => first,
             Reservation::Fresh => {
-                let last: u64 = redis::cmd("INCRBY")
-                    .arg(keys::LAST_MESSAGE_ID)
+                let allocated: u64 = IDS_SCRIPT
+                    .key(keys::LAST_MESSAGE_ID)
                     .arg(count)
-                    .query_async(&mut self.conn("send"))
+                    .invoke_async(&mut self.conn("send"))
                     .await
                     .map_err(|e| self.error(e))?;
-                match self.reserve(request, Some(last + 1 - count)).await? {
+                match self.reserve(request, Some(allocated)).await? {
                     Reservation::Written(first) => return Ok(duplicate(first)?),
                     Reservation::Ids(first) => first,
                     Reservation::Fresh => {
@@ -192,10 +200,6 @@ impl Store {
                 local.len(),
             );
         }
-        invocation
-            .invoke_async::<u64>(&mut self.conn("send"))
-            .await
-            .map(drop)
-            .map_err(|e| self.error(e))
+        self.write_script::<u64>(invocation).await.map(drop)
     }
 }

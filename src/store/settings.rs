@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::replicated::ReplicaPolicy;
 use super::topology::Topology;
 use crate::config::{Config, ConfigError};
 
@@ -23,6 +24,9 @@ pub struct RedisOptions {
     /// Commands in flight at once on the command connection
     /// (`COURIER_REDIS_MAX_INFLIGHT`); more wait in courier, most urgent first.
     pub max_inflight: usize,
+    /// Replicas that must confirm a send before it is acked
+    /// (`COURIER_REDIS_MIN_REPLICAS`; 0: none, no `WAIT`).
+    pub min_replicas: u32,
 }
 
 impl RedisOptions {
@@ -46,6 +50,16 @@ impl RedisOptions {
             response_timeout: config.redis_timeout,
             ca_cert,
             max_inflight: config.redis_max_inflight,
+            min_replicas: config.redis_min_replicas,
+        })
+    }
+
+    /// What replicated acks ask for, when `min_replicas` > 0: `WAIT` waits up to half
+    /// the command timeout, so its answer comes back within the command's own timeout.
+    pub fn replica_policy(&self) -> Option<ReplicaPolicy> {
+        (self.min_replicas > 0).then(|| ReplicaPolicy {
+            min_replicas: self.min_replicas,
+            timeout: self.response_timeout / 2,
         })
     }
 }

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use courier_testkit::process::{end_children_with_this_thread, raise_fd_limit};
-use courier_testkit::{ClusterOptions, NodeOptions, RedisServer};
+use courier_testkit::{ClusterOptions, NodeOptions, RedisNode, RedisServer, Wait};
 
 use runner::{Bench, CourierBin};
 use scenarios::{Scenario, Settings, StormSignal};
@@ -79,6 +79,17 @@ struct Args {
     /// sitting), labelled LABEL (default bin1, bin2, ...).
     #[arg(long = "courier-bin", value_name = "[LABEL=]PATH")]
     courier_bins: Vec<String>,
+
+    /// Environment for the couriers of one `--courier-bin` label (`LABEL:NAME=VALUE`)
+    /// or of all (`NAME=VALUE`); repeatable. E.g. two labels of one binary with
+    /// `--courier-env mr1:COURIER_REDIS_MIN_REPLICAS=1` compare a setting in one sitting.
+    #[arg(long = "courier-env", value_name = "[LABEL:]NAME=VALUE")]
+    courier_env: Vec<String>,
+
+    /// Replicas of the single redis-server (`--replicaof`, disk-based sync), for
+    /// `COURIER_REDIS_MIN_REPLICAS` runs.
+    #[arg(long, default_value_t = 0)]
+    replicas: usize,
 
     /// With several --courier-bin: how many times each run alternates (A B, A B, ...).
     #[arg(long, default_value_t = 1)]
@@ -153,7 +164,7 @@ fn bench(args: Args) -> Result<(), String> {
     } else {
         args.scenarios.clone()
     };
-    let bins = courier_bins(&args.courier_bins)?;
+    let bins = courier_bins(&args.courier_bins, &args.courier_env)?;
     let here = std::env::current_exe().map_err(|e| e.to_string())?;
     let loadgen = here.with_file_name("loadgen");
     if !loadgen.is_file() {
@@ -180,10 +191,17 @@ fn bench(args: Args) -> Result<(), String> {
                 .start(),
         )
     };
+    if cluster && args.replicas > 0 {
+        return Err("--replicas is for a single redis-server".into());
+    }
+    // Running until the benchmark ends.
+    let _replicas = start_replicas(&redis, args.replicas, &results);
     let redis_desc = if cluster {
-        "3-primary Redis Cluster"
+        "3-primary Redis Cluster".to_string()
+    } else if args.replicas > 0 {
+        format!("single redis-server with {} replica(s)", args.replicas)
     } else {
-        "single redis-server"
+        "single redis-server".to_string()
     };
     let ports: Vec<String> = redis
         .primaries()
@@ -217,7 +235,7 @@ fn bench(args: Args) -> Result<(), String> {
                  redis-server (the send script's keys span slots); run it without --cluster"
             ),
             RedisServer::Single(node) => {
-                let courier = bench.start_courier(&bins[0].path)?;
+                let courier = bench.start_courier(&bins[0].path, &bins[0].env)?;
                 let requests = if args.quick { 20_000 } else { 200_000 };
                 bench.baseline =
                     compare::measure(node, &courier, &bench.secret, requests, &results)?;
@@ -229,7 +247,7 @@ fn bench(args: Args) -> Result<(), String> {
         for run in settings.runs(scenario) {
             if run.kind == scenarios::Kind::Profile {
                 let bin = profile::build_courier()?;
-                bench.run(&run, &run.name, &bin);
+                bench.run(&run, &run.name, &bin, &[]);
                 continue;
             }
             for round in 1..=args.rounds {
@@ -241,7 +259,7 @@ fn bench(args: Args) -> Result<(), String> {
                     if args.rounds > 1 {
                         name = format!("{name}.r{round}");
                     }
-                    bench.run(&run, &name, &bin.path);
+                    bench.run(&run, &name, &bin.path, &bin.env);
                 }
             }
         }
@@ -291,13 +309,69 @@ fn settings(args: &Args, fd_limit: u64) -> Settings {
     }
 }
 
+/// Starts `count` replicas of the single redis-server and waits until they are in
+/// sync.
+fn start_replicas(redis: &RedisServer, count: usize, results: &std::path::Path) -> Vec<RedisNode> {
+    let RedisServer::Single(primary) = redis else {
+        return Vec::new();
+    };
+    let port = primary.port.to_string();
+    (0..count)
+        .map(|i| {
+            let replica = NodeOptions::default()
+                .args(["--maxclients", "10000", "--repl-diskless-sync", "no"])
+                .args(["--replicaof", "127.0.0.1", &port])
+                .dir(results.join(format!("redis-replica-{}", i + 1)))
+                .start();
+            Wait::new("the replica to sync").until_blocking(|| {
+                replica
+                    .try_cmd::<String>(&["INFO", "replication"])
+                    .is_some_and(|info| info.contains("master_link_status:up"))
+            });
+            replica
+        })
+        .collect()
+}
+
 /// `--courier-bin` values: `[LABEL=]PATH`; none means `courier` next to this program.
-fn courier_bins(given: &[String]) -> Result<Vec<CourierBin>, String> {
+/// `--courier-env` values (`[LABEL:]NAME=VALUE`) go to the bins of that label, or
+/// to all.
+fn courier_bins(given: &[String], env: &[String]) -> Result<Vec<CourierBin>, String> {
+    let mut bins = bins_of(given)?;
+    for setting in env {
+        let (label, assignment) = match setting.split_once(':') {
+            Some((label, rest)) if rest.contains('=') && !label.contains('=') => {
+                (Some(label), rest)
+            }
+            _ => (None, setting.as_str()),
+        };
+        let Some((name, value)) = assignment.split_once('=') else {
+            return Err(format!("--courier-env {setting}: [LABEL:]NAME=VALUE"));
+        };
+        let mut matched = false;
+        for bin in bins
+            .iter_mut()
+            .filter(|bin| label.is_none_or(|l| l == bin.label))
+        {
+            bin.env.push((name.to_string(), value.to_string()));
+            matched = true;
+        }
+        if !matched {
+            return Err(format!(
+                "--courier-env {setting}: no --courier-bin labelled so"
+            ));
+        }
+    }
+    Ok(bins)
+}
+
+fn bins_of(given: &[String]) -> Result<Vec<CourierBin>, String> {
     if given.is_empty() {
         let here = std::env::current_exe().map_err(|e| e.to_string())?;
         return Ok(vec![CourierBin {
             label: "courier".into(),
             path: here.with_file_name("courier"),
+            env: Vec::new(),
         }]);
     }
     given
@@ -312,7 +386,11 @@ fn courier_bins(given: &[String]) -> Result<Vec<CourierBin>, String> {
             if !path.is_file() {
                 return Err(format!("--courier-bin {}: no such file", path.display()));
             }
-            Ok(CourierBin { label, path })
+            Ok(CourierBin {
+                label,
+                path,
+                env: Vec::new(),
+            })
         })
         .collect()
 }
@@ -357,10 +435,20 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let bins = courier_bins(&[format!("main={this}"), this.clone()]).unwrap();
+        let bins = courier_bins(
+            &[format!("main={this}"), this.clone()],
+            &["bin2:A=1".into(), "B=x=y".into()],
+        )
+        .unwrap();
         assert_eq!(bins[0].label, "main");
         assert_eq!(bins[1].label, "bin2");
-        assert!(courier_bins(&["/no/such/courier".into()]).is_err());
+        assert_eq!(bins[0].env, [("B".into(), "x=y".into())]);
+        assert_eq!(
+            bins[1].env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert!(courier_bins(&["/no/such/courier".into()], &[]).is_err());
+        assert!(courier_bins(std::slice::from_ref(&this), &["other:A=1".into()]).is_err());
         assert_eq!(timestamp().len(), "20261125-073253".len());
     }
 }

@@ -27,6 +27,8 @@ const STORM_READY: &str = "loadgen: storm ready";
 pub struct CourierBin {
     pub label: String,
     pub path: PathBuf,
+    /// Environment of this binary's couriers (`--courier-env`), over the defaults.
+    pub env: Vec<(String, String)>,
 }
 
 /// The benchmark's shared state: where results go, the Redis, the settings every run
@@ -51,7 +53,7 @@ pub struct Bench {
 impl Bench {
     /// Starts courier on a free port against the benchmark's Redis, appending its
     /// output to `courier.log`.
-    pub fn start_courier(&self, bin: &Path) -> Result<Courier, String> {
+    pub fn start_courier(&self, bin: &Path, env: &[(String, String)]) -> Result<Courier, String> {
         let mut options = Courier::options(&self.redis.url())
             .bin(bin)
             .secret(&self.secret)
@@ -61,14 +63,18 @@ impl Bench {
         if let Some(preload) = &self.preload {
             options = options.env("LD_PRELOAD", preload);
         }
+        for (name, value) in env {
+            options = options.env(name, value);
+        }
         options.try_start()
     }
 
-    /// Runs `run` as `name` against courier `bin`; its summary line joins the others.
-    pub fn run(&mut self, run: &Run, name: &str, bin: &Path) {
+    /// Runs `run` as `name` against courier `bin` (with `env`); its summary line
+    /// joins the others.
+    pub fn run(&mut self, run: &Run, name: &str, bin: &Path, env: &[(String, String)]) {
         println!("== {name}: loadgen {}", run.args.join(" "));
         self.redis.flush_all();
-        let mut courier = match self.start_courier(bin) {
+        let mut courier = match self.start_courier(bin, env) {
             Ok(courier) => courier,
             Err(e) => {
                 eprintln!("bench: {name}: {e}");
