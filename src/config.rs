@@ -122,11 +122,12 @@ pub struct Config {
     #[arg(long, env = "COURIER_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
-    /// Safety poll of every connection's inbox, in milliseconds, in case a wake-up was
-    /// missed. Defaults to 5000.
+    /// An optional safety net: every connection also reads its inbox this often (ms),
+    /// without a wake-up. 0 (the default) turns it off: delivery does not depend on it,
+    /// and each poll costs Redis a command per connection.
     #[arg(long = "poll-interval-ms", value_name = "POLL_INTERVAL_MS",
-          env = "COURIER_POLL_INTERVAL_MS", default_value = "5000",
-          value_parser = millis(10..))]
+          env = "COURIER_POLL_INTERVAL_MS", default_value = "0",
+          value_parser = millis_or_off())]
     pub poll_interval: Duration,
 
     /// Delivery batches a connection may have unacked at once; no more are read from
@@ -225,6 +226,14 @@ fn millis(range: impl RangeBounds<u64>) -> impl TypedValueParser<Value = Duratio
     clap::value_parser!(u64)
         .range(range)
         .map(Duration::from_millis)
+}
+
+/// A period in milliseconds: 0 (off) or at least 10 ms.
+fn millis_or_off() -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64).try_map(|ms| match ms {
+        1..10 => Err("must be 0 (off) or at least 10"),
+        ms => Ok(Duration::from_millis(ms)),
+    })
 }
 
 /// A setting in seconds within `range`, parsed into a `Duration`.

@@ -21,9 +21,9 @@
 //!    decides). The sender gets its ack after Redis confirmed.
 //! 3. **Fan-out** ([`store::notify`]): the instance's one pub/sub subscription per
 //!    connected user wakes every local connection of each recipient.
-//! 4. **Deliver** ([`session`], [`store::inbox`]): each connection is one consumer. A
-//!    wake-up or the periodic safety poll makes it read (XREADGROUP, never blocking)
-//!    its own pending entries, then new ones, and push them as batches (the store's
+//! 4. **Deliver** ([`session`], [`store::inbox`]): each connection is one consumer.
+//!    Its join reads the first batch; after that a wake-up makes it read
+//!    (XREADGROUP, never blocking) its own pending entries, then new ones, and push them as batches (the store's
 //!    [`store::StoredMessage`] becomes the wire's [`protocol::DeliveredMessage`] in the
 //!    session), with a bounded number of batches unacked.
 //! 5. **Ack** ([`session`]): the client's ack of a batch's `time_key` XACKs exactly its

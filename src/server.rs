@@ -24,7 +24,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -36,11 +36,25 @@ use crate::node::Node;
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections the kernel may hold completed but not yet accepted (capped by
+/// `net.core.somaxconn`). The default of 128 overflows when thousands of clients
+/// reconnect at once (an instance restart behind a load balancer): the kernel then
+/// drops handshakes and the clients retry only after a second or more.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the listening socket (`COURIER_LISTEN`).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ConfigError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| ConfigError(format!("COURIER_LISTEN: cannot listen on {addr}: {e}")))
+    let error =
+        |e: std::io::Error| ConfigError(format!("COURIER_LISTEN: cannot listen on {addr}: {e}"));
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
 }
 
 /// Serves `listener` until `shutdown` completes, then drains (see the module docs)

@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
-/// Starts courier on the cluster with a safety poll long enough that only wake-ups
-/// (sharded pub/sub) can explain a prompt delivery.
+/// Starts courier on the cluster. There is no safety poll (off by default), so only
+/// wake-ups (sharded pub/sub) can explain a delivery.
 fn courier_on(cluster: &RedisCluster, env: &[(&str, &str)]) -> Courier {
-    let mut settings = vec![("COURIER_POLL_INTERVAL_MS", "60000")];
-    settings.extend_from_slice(env);
-    Courier::start(&cluster.url(), &settings)
+    Courier::start(&cluster.url(), env)
 }
 
 /// A cluster, a courier on it, and chat 10 of `count` users whose keys live on

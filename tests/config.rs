@@ -32,6 +32,10 @@ fn invalid_settings_stop_startup_with_exit_code_2() {
     );
     assert_refused(&[secret, ("COURIER_BATCH_MAX", "0")], "COURIER_BATCH_MAX");
     assert_refused(
+        &[secret, ("COURIER_POLL_INTERVAL_MS", "5")],
+        "COURIER_POLL_INTERVAL_MS",
+    );
+    assert_refused(
         &[secret, ("COURIER_REDIS_URL", "http://x")],
         "COURIER_REDIS_URL",
     );

@@ -111,13 +111,7 @@ async fn entry_past_max_deliveries_is_dead_lettered_and_not_delivered_again() {
 #[tokio::test]
 async fn redis_restart_keeps_clients_connected_and_loses_no_acked_send() {
     let mut redis = RedisServer::start_persistent();
-    let courier = Courier::start(
-        &redis.url(),
-        &[
-            ("COURIER_REDIS_TIMEOUT_MS", "500"),
-            ("COURIER_POLL_INTERVAL_MS", "60000"),
-        ],
-    );
+    let courier = Courier::start(&redis.url(), &[("COURIER_REDIS_TIMEOUT_MS", "500")]);
     redis.create_chat(10, &[1, 2]);
     let mut alice = courier.connect(1).await;
     let mut bob = courier.connect(2).await;
@@ -133,7 +127,7 @@ async fn redis_restart_keeps_clients_connected_and_loses_no_acked_send() {
     // A message that reached the inbox while courier was cut off, with no wake-up:
     // appended to the AOF while Redis is down, so it is there when Redis comes back
     // and no PUBLISH ever announces it. Only the wake-up of every session after the
-    // pub/sub reconnect delivers it (the safety poll is a minute away).
+    // pub/sub reconnect delivers it (there is no safety poll).
     redis.append_to_aof(&[
         "XADD",
         "inbox:{user:2}",
@@ -338,8 +332,7 @@ async fn sigterm_closes_clients_with_1001_leaves_unacked_pending_and_exits_0() {
 async fn dead_consumers_are_claimed_then_deleted_and_trimmed_entries_are_skipped() {
     let redis = RedisServer::start();
     redis.create_chat(10, &[1, 2]);
-    let env = [("COURIER_POLL_INTERVAL_MS", "50")];
-    let first = Courier::start(&redis.url(), &env);
+    let first = Courier::start(&redis.url(), &[]);
     let mut alice = first.connect(1).await;
     let mut bob = first.connect(2).await;
     alice.send_acked(1, 1, &[(10, "a"), (10, "b")]).await;
@@ -348,7 +341,7 @@ async fn dead_consumers_are_claimed_then_deleted_and_trimmed_entries_are_skipped
 
     // The stream is trimmed under the pending entries.
     let _: u64 = redis.cmd(&["XTRIM", "inbox:{user:2}", "MAXLEN", "0"]);
-    let second = Courier::start(&redis.url(), &env);
+    let second = Courier::start(&redis.url(), &[]);
     let mut alice = second.connect(1).await;
     let mut bob = second.connect(2).await;
     wait_for_pending(&redis, 2, "default", 0).await;
@@ -359,8 +352,9 @@ async fn dead_consumers_are_claimed_then_deleted_and_trimmed_entries_are_skipped
         "delivery goes on"
     );
 
-    // The dead instance's consumer, now empty, is deleted by a later join once it has
-    // been idle for three poll intervals; live consumers are never deleted.
+    // The dead instance's consumer, emptied by the claim, is deleted by a join (the
+    // claiming one already: it deletes every other consumer left with nothing
+    // pending).
     Wait::new("a join to delete the stale consumer")
         .every(Duration::from_millis(20))
         .until(async || {

@@ -179,7 +179,6 @@ async fn random_disconnects_and_a_redis_restart_lose_nothing_and_duplicate_nothi
         &[
             ("COURIER_REDIS_TIMEOUT_MS", "500"),
             ("COURIER_ACK_TIMEOUT_MS", "2000"),
-            ("COURIER_POLL_INTERVAL_MS", "500"),
             // Senders here run at ~100 batches/s plus the acks of what they receive:
             // above the default per-connection frame limit on an idle machine, and
             // this test is about loss and duplicates, not rate limiting.

@@ -12,6 +12,7 @@ mod connections;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +27,12 @@ use crate::store::notify::Notifier;
 use crate::store::{RedisOptions, Retention, Store};
 
 pub use connections::{ConnectionSlot, UserConnections};
+
+/// How many connections may join at once. Enough to keep the command connection's
+/// pipeline and the notifier's batched SUBSCRIBEs full (a join is one round trip);
+/// few enough that a storm of 20,000 reconnecting clients queues in courier, not in
+/// Redis, where the last joins would run into the command timeout.
+pub const MAX_CONCURRENT_JOINS: usize = 256;
 
 /// Everything the connections of one instance share.
 pub struct Node {
@@ -55,6 +62,10 @@ pub struct Node {
     pub sessions: TaskTracker,
     /// How long shutdown waits for connections to close (`COURIER_DRAIN_TIMEOUT_MS`).
     pub drain_timeout: Duration,
+    /// Connections joining (subscribing and running the join script) at once, at
+    /// most [`MAX_CONCURRENT_JOINS`]: in a connect storm the others wait here, in
+    /// order, rather than pile up in Redis's command queue past the command timeout.
+    pub joins: Semaphore,
     /// The notifier's task: it ends when `shutdown` is cancelled, and [`Node::close`]
     /// aborts it in case it is stuck on Redis.
     notifier_task: JoinHandle<()>,
@@ -95,6 +106,7 @@ impl Node {
             shutdown,
             sessions: TaskTracker::new(),
             drain_timeout: config.drain_timeout,
+            joins: Semaphore::new(MAX_CONCURRENT_JOINS),
             notifier_task,
         })
     }

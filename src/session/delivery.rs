@@ -12,11 +12,14 @@ use crate::store::inbox::ReadFrom;
 use crate::store::{EntryBody, StoredMessage, StreamEntry};
 use crate::telemetry;
 
+/// The longest pause between two reads retried after failures.
+const READ_RETRY_CEILING: Duration = Duration::from_secs(5);
+
 /// How long to wait before reading again after `failures` failed reads in a row:
-/// 250 ms doubling up to the safety poll's interval, each made 50–100 % of that at
-/// random, so that after an outage the connections of an instance do not all come
-/// back to Redis at the same instant. (A wake-up is lost if the read it caused
-/// fails, e.g. the read right after Redis came back: this retry delivers it.)
+/// 250 ms doubling up to `ceiling`, each made 50–100 % of that at random, so that
+/// after an outage the connections of an instance do not all come back to Redis at
+/// the same instant. (A wake-up is lost if the read it caused fails, e.g. the read
+/// right after Redis came back: this retry delivers it.)
 fn read_retry_delay(failures: u32, ceiling: Duration) -> Duration {
     let base = Duration::from_millis(250)
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
@@ -34,6 +37,8 @@ impl Session {
     /// that comes while the read is in flight (kept by the subscription until the
     /// session polls it) sets it again and causes another read. It is set again at
     /// once when more may remain: a full read, or the consumer's own pending history.
+    /// A failed read is retried with backoff until one succeeds, and the retry starts
+    /// with the consumer's own pending history ([`Session::recover_own_pending`]).
     pub(super) async fn deliver(&mut self) -> Result<(), Ending> {
         let batch_max = self.node.session.batch_max;
         while self.want_read && self.inflight.has_room() {
@@ -49,15 +54,20 @@ impl Session {
                 }
                 Err(e) => {
                     let failures = self.read_retry.map_or(0, |(_, failures)| failures) + 1;
-                    let delay = read_retry_delay(failures, self.node.session.poll_interval);
+                    let delay = read_retry_delay(failures, READ_RETRY_CEILING);
                     warn!(error = %e, ?delay, "inbox read failed; retrying");
                     self.read_retry = Some((tokio::time::Instant::now() + delay, failures));
+                    self.recover_own_pending();
                     return Ok(());
                 }
             };
+            let mut entries = entries;
             if self.history_cursor.is_some() {
                 self.history_cursor = entries.last().map(|e| e.stream_id.clone());
                 self.want_read = true;
+                // Entries already in a live batch here are awaiting their ack: not
+                // delivered twice on one connection.
+                entries.retain(|e| !self.inflight.holds(&e.stream_id));
                 if entries.is_empty() {
                     continue;
                 }
@@ -67,6 +77,16 @@ impl Session {
             self.push_batch(entries).await?;
         }
         Ok(())
+    }
+
+    /// After a read or reclaim that failed: Redis may have executed it and only the
+    /// reply was lost (a timeout, a dropped connection), leaving entries pending on
+    /// this consumer that nothing else delivers before the ack timeout — and nothing
+    /// reclaims for an idle connection. The next read walks the consumer's own
+    /// pending entries from the start, skipping those in flight here, then goes on
+    /// with new ones.
+    fn recover_own_pending(&mut self) {
+        self.history_cursor = Some("0".into());
     }
 
     /// Takes back timed-out entries of the device's group (this connection's own
@@ -88,7 +108,9 @@ impl Session {
         let reclaimed = match reclaimed {
             Ok(reclaimed) => reclaimed,
             Err(e) => {
-                warn!(error = %e, "reclaim failed; retrying at the next check");
+                warn!(error = %e, "reclaim failed; reading own pending entries next");
+                self.recover_own_pending();
+                self.want_read = true;
                 return Ok(());
             }
         };
@@ -113,7 +135,7 @@ impl Session {
     /// Turns read entries into one delivery batch. Entries past the maximum number of
     /// deliveries and malformed ones are dead-lettered; trimmed ones are acked, as
     /// none of them can be delivered.
-    async fn push_batch(&mut self, entries: Vec<StreamEntry>) -> Result<(), Ending> {
+    pub(super) async fn push_batch(&mut self, entries: Vec<StreamEntry>) -> Result<(), Ending> {
         let max_deliveries = self.node.session.max_deliveries;
         let metrics = self.node.metrics.clone();
         let mut messages = Vec::with_capacity(entries.len());
@@ -279,7 +301,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn read_retries_back_off_from_a_quarter_second_to_the_poll_interval_with_jitter() {
+    fn read_retries_back_off_from_a_quarter_second_to_the_ceiling_with_jitter() {
         let ceiling = Duration::from_secs(5);
         for (failures, full) in [
             (1, 250),

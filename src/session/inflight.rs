@@ -108,6 +108,18 @@ impl InFlight {
         }
     }
 
+    /// Whether no live batch waits for an ack.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Whether a live batch holds this entry.
+    pub fn holds(&self, stream_id: &str) -> bool {
+        self.batches
+            .iter()
+            .any(|b| b.stream_ids.iter().any(|id| id == stream_id))
+    }
+
     /// Whether a live batch has waited at least `timeout` for its ack.
     pub fn any_older_than(&self, timeout: std::time::Duration) -> bool {
         self.batches
@@ -155,6 +167,8 @@ mod tests {
         assert_eq!(inflight.take(2), None);
         assert_eq!(inflight.get(1).map(|b| b.stream_ids.len()), Some(1));
         assert!(inflight.has_room());
+        inflight.take(1);
+        assert!(inflight.is_empty());
     }
 
     #[test]
@@ -162,8 +176,13 @@ mod tests {
         let mut inflight = InFlight::new(2);
         inflight.push(batch(1));
         inflight.push(batch(2));
+        assert!(inflight.holds("1-0") && inflight.holds("2-0"));
         inflight.retire_containing(&["1-0"]);
         assert!(inflight.has_room(), "the retired batch no longer counts");
+        assert!(
+            !inflight.holds("1-0"),
+            "a retired batch's entries may be delivered again"
+        );
         assert_eq!(inflight.oldest().map(|b| b.time_key), Some(2));
         assert_eq!(
             inflight.take(1).map(|b| b.stream_ids),

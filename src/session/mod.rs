@@ -2,15 +2,18 @@
 //!
 //! [`upgrade()`] checks the request (DESIGN §1); the connection's task then runs
 //! `prepare` before the 101: it subscribes the user's wake-ups and joins the device's
-//! consumer group (claiming what earlier connections left pending), so a Redis
-//! failure is still an HTTP error. `run` then serves the socket in that task: client
-//! frames go to `sending` (batches, written one at a time through the node's
-//! publisher while the session goes on; at most `sending::SEND_QUEUE` unanswered,
-//! then the socket is not read) and `delivery` (acks); wake-ups, the safety poll and the ack-timeout check make `delivery` read
+//! consumer group (claiming what earlier connections left pending, and reading the
+//! first batch in the same round trip), so a Redis failure is still an HTTP error.
+//! `run` then serves the socket in that task: client frames go to `sending` (batches,
+//! written one at a time through the node's publisher while the session goes on; at
+//! most `sending::SEND_QUEUE` unanswered, then the socket is not read) and `delivery`
+//! (acks); wake-ups make `delivery` read
 //! the inbox and push batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are
-//! unacked. Writes go through the bounded `writer::Outbox`. When the connection ends
-//! (or is never served), its consumer is deleted if nothing is pending on it;
-//! otherwise the device's next connection claims the entries.
+//! unacked, and the ack-timeout check reclaims while batches are unacked. An idle
+//! connection sends Redis nothing (unless the optional safety poll is configured).
+//! Writes go through the bounded `writer::Outbox`. When the connection ends (or is
+//! never served), its consumer is deleted if nothing is pending on it; otherwise the
+//! device's next connection claims the entries.
 
 mod delivery;
 mod inflight;
@@ -36,7 +39,7 @@ use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, ProtocolError, ServerFrame, TimeKey,
 };
 use crate::store::notify::Subscription;
-use crate::store::{ConsumerRef, StoreError};
+use crate::store::{ConsumerRef, StoreError, StreamEntry};
 use inflight::InFlight;
 use limits::{Limits, Verdict};
 use schedule::{Due, Schedule};
@@ -46,14 +49,49 @@ use writer::Outbox;
 
 pub use upgrade::upgrade;
 
-/// A connection ready to be served: authenticated, subscribed, its consumer joined.
-/// Either [`run`] serves it, or [`Prepared::release`] gives its consumer back.
+/// A connection ready to be served: authenticated, subscribed, its consumer joined,
+/// its first batch read. Either [`run`] serves it, or [`Prepared::release`] gives its
+/// consumer back.
 struct Prepared {
     slot: ConnectionSlot,
     claims: Claims,
     consumer: ConsumerRef,
     subscription: Subscription,
     span: tracing::Span,
+    /// The join's first batch, and where reading goes on from.
+    first: FirstRead,
+}
+
+/// What the join read, and so where the session's reads continue.
+struct FirstRead {
+    entries: Vec<StreamEntry>,
+    /// Own pending history remains after this id (the join read a full batch of it).
+    history_after: Option<String>,
+    /// The next read is due at once: more history or new entries may wait.
+    more: bool,
+}
+
+impl FirstRead {
+    fn new(report_claimed: u64, entries: Vec<StreamEntry>, batch_max: usize) -> Self {
+        let full = entries.len() >= batch_max;
+        if report_claimed > 0 {
+            // History was read: what is left of it, then new entries (never read yet).
+            let history_after = full
+                .then(|| entries.last().map(|e| e.stream_id.clone()))
+                .flatten();
+            Self {
+                entries,
+                history_after,
+                more: true,
+            }
+        } else {
+            Self {
+                entries,
+                history_after: None,
+                more: full,
+            }
+        }
+    }
 }
 
 impl Prepared {
@@ -72,9 +110,12 @@ impl Prepared {
     }
 }
 
-/// Subscribes the user's wake-ups, then creates the consumer and claims what the
-/// device's earlier connections left pending. In that order: a message published
-/// after the subscription wakes this connection, one written before is read by it.
+/// Subscribes the user's wake-ups, then joins: creates the consumer, claims what the
+/// device's earlier connections left pending and reads the first batch. In that
+/// order: a message published after the subscription wakes this connection, one
+/// written before is read by it (the first batch, or the reads it leads to). At most
+/// [`Node::joins`] connections prepare at once, so a connect storm queues here
+/// instead of in Redis's command queue, where it would run into the command timeout.
 ///
 /// `traceparent` (from the upgrade request) makes the connection span continue the
 /// client's trace.
@@ -99,10 +140,12 @@ async fn prepare(
     if let Some(traceparent) = traceparent {
         crate::telemetry::set_remote_parent(&span, traceparent);
     }
+    let _permit = node.joins.acquire().await;
     let subscription = node.notifier.subscribe(claims.id).await?;
+    let batch_max = node.session.batch_max;
     let report = node
         .store
-        .join(&consumer, node.session.stale_consumer_after)
+        .join(&consumer, batch_max)
         .instrument(span.clone())
         .await?;
     if report.trimmed > 0 {
@@ -121,6 +164,7 @@ async fn prepare(
         consumer,
         subscription,
         span,
+        first: FirstRead::new(report.claimed, report.first, batch_max),
     })
 }
 
@@ -141,6 +185,7 @@ fn run(
         consumer,
         subscription,
         span,
+        first,
     } = prepared;
     let (sink, stream) = ws.split();
     let settings = &node.session;
@@ -160,17 +205,17 @@ fn run(
         outbox,
         span,
         sends: Sends::default(),
-        history_cursor: Some("0".into()),
+        history_cursor: first.history_after,
         reclaim_cursor: "0-0".into(),
         last_reclaim: Instant::now(),
-        want_read: true,
+        want_read: first.more,
         read_retry: None,
         last_seen: Instant::now(),
         _slot: slot,
     };
     session.node.metrics.connections.inc();
     info!(parent: &session.span, "connected");
-    session.live(stream)
+    session.live(stream, first.entries)
 }
 
 /// How a session ended.
@@ -195,16 +240,21 @@ struct Session {
     inflight: InFlight,
     /// Client batches accepted and not yet answered.
     sends: Sends,
-    /// While `Some`, the consumer's own pending entries after this id are read first;
-    /// `None` once they are all delivered, then only new entries are read.
+    /// While `Some`, the consumer's own pending entries after this id are read first
+    /// (those already in flight here are skipped); `None` once they are all
+    /// delivered, then only new entries are read. Set again to the start after a
+    /// failed read or reclaim: Redis may have executed it and lost only the reply,
+    /// leaving entries pending on this consumer that no one else would deliver
+    /// before the ack timeout.
     history_cursor: Option<String>,
     /// Where the next reclaim scan of the group's pending list continues.
     reclaim_cursor: String,
     /// When the group was last scanned for timed-out entries.
     last_reclaim: Instant,
-    /// The inbox may hold entries this connection has not read: set by a wake-up, the
-    /// safety poll, a full read or unread pending history; cleared when a read is
-    /// issued. An ack does not set it: a read waits for room only while this is set.
+    /// The inbox may hold entries this connection has not read: set by a wake-up, a
+    /// failed read's retry, the safety poll (when configured), a full read or unread
+    /// pending history; cleared when a read is issued. An ack does not set it: a read
+    /// waits for room only while this is set.
     want_read: bool,
     /// After failed reads: when to read again, and how many failed in a row.
     read_retry: Option<(tokio::time::Instant, u32)>,
@@ -218,9 +268,16 @@ struct Session {
 
 impl Session {
     /// Serves, says goodbye the way the ending calls for, and releases the consumer.
-    async fn live(mut self, mut stream: SplitStream<HyperWebsocketStream>) {
+    async fn live(
+        mut self,
+        mut stream: SplitStream<HyperWebsocketStream>,
+        first: Vec<StreamEntry>,
+    ) {
         let span = self.span.clone();
-        let ending = self.serve(&mut stream).instrument(span.clone()).await;
+        let ending = self
+            .serve(&mut stream, first)
+            .instrument(span.clone())
+            .await;
         if !matches!(ending, Ending::Dropped(_)) {
             // Errors here are the socket's: the ending says goodbye as it can.
             let _ = Box::pin(self.finish_sends()).instrument(span.clone()).await;
@@ -247,7 +304,18 @@ impl Session {
         Box::pin(release_consumer(&node, &consumer, &span)).await;
     }
 
-    async fn serve(&mut self, stream: &mut SplitStream<HyperWebsocketStream>) -> Ending {
+    /// Pushes the join's `first` batch, then serves the socket until the connection
+    /// ends.
+    async fn serve(
+        &mut self,
+        stream: &mut SplitStream<HyperWebsocketStream>,
+        first: Vec<StreamEntry>,
+    ) -> Ending {
+        if !first.is_empty() {
+            if let Err(ending) = Box::pin(self.push_batch(first)).await {
+                return ending;
+            }
+        }
         // An Arc, not a copy of the settings: this future lives as long as the
         // connection, and its size is paid per connection.
         let node = self.node.clone();
@@ -320,8 +388,12 @@ impl Session {
         }
     }
 
-    /// The periodic duties: the safety poll, the keep-alive ping (a peer silent for
-    /// two ping intervals is dropped), and taking back timed-out entries.
+    /// The periodic duties: the keep-alive ping (a peer silent for two ping intervals
+    /// is dropped), the safety poll if configured, and — only while batches are
+    /// unacked, or a scan is unfinished — taking back timed-out entries: this
+    /// connection's own, and those a dead connection of the device left behind. An
+    /// idle connection costs Redis nothing here; a dead connection's entries are
+    /// otherwise claimed by the device's next connection at its join.
     async fn housekeep(&mut self, due: Due, settings: &SessionSettings) -> Result<(), Ending> {
         if due.poll {
             self.want_read = true;
@@ -332,8 +404,10 @@ impl Session {
             }
             self.send(Message::Ping(Default::default()))?;
         }
+        let unfinished = self.reclaim_cursor != "0-0";
+        let busy = !self.inflight.is_empty();
         let overdue = self.inflight.any_older_than(settings.ack_timeout);
-        if overdue || self.last_reclaim.elapsed() >= settings.ack_timeout {
+        if unfinished || overdue || (busy && self.last_reclaim.elapsed() >= settings.ack_timeout) {
             Box::pin(self.reclaim()).await?;
         }
         Ok(())

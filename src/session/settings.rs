@@ -20,8 +20,9 @@ pub struct SessionSettings {
     pub max_inflight_batches: usize,
     /// Frames queued for the socket (`COURIER_OUTBOUND_QUEUE`).
     pub outbound_queue: usize,
-    /// Safety poll interval (`COURIER_POLL_INTERVAL_MS`).
-    pub poll_interval: Duration,
+    /// The optional safety poll (`COURIER_POLL_INTERVAL_MS`); `None`: off, the
+    /// default. Delivery is driven by wake-ups (`store::notify`).
+    pub poll_interval: Option<Duration>,
     /// Ping interval; a peer silent for two intervals is dropped
     /// (`COURIER_PING_INTERVAL_MS`).
     pub ping_interval: Duration,
@@ -29,9 +30,6 @@ pub struct SessionSettings {
     pub ack_timeout: Duration,
     /// Deliveries before an entry is dead-lettered (`COURIER_MAX_DELIVERIES`).
     pub max_deliveries: u64,
-    /// A consumer with nothing pending that has not read for this long (three safety
-    /// polls) is deleted by the next connection of its device.
-    pub stale_consumer_after: Duration,
     /// A socket write stalled this long closes the connection (slow consumer,
     /// `COURIER_WRITE_TIMEOUT_MS`).
     pub write_timeout: Duration,
@@ -51,11 +49,10 @@ impl From<&Config> for SessionSettings {
             batch_max: config.batch_max,
             max_inflight_batches: config.max_inflight_batches,
             outbound_queue: config.outbound_queue,
-            poll_interval: config.poll_interval,
+            poll_interval: Some(config.poll_interval).filter(|every| !every.is_zero()),
             ping_interval: config.ping_interval,
             ack_timeout: config.ack_timeout,
             max_deliveries: config.max_deliveries,
-            stale_consumer_after: config.poll_interval * 3,
             write_timeout: config.write_timeout,
             rate_limit_fps: config.rate_limit_fps,
             rate_limit_burst: config.rate_limit_burst,

@@ -39,15 +39,18 @@ pub enum ReadFrom<'a> {
     New,
 }
 
-/// What joining found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What joining found, and the connection's first batch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JoinReport {
     /// Entries claimed from earlier consumers of the device.
     pub claimed: u64,
     /// Pending entries found trimmed from the stream.
     pub trimmed: u64,
-    /// Stale consumers (nothing pending, not reading) deleted.
+    /// Other consumers of the device with nothing pending, deleted.
     pub deleted_consumers: u64,
+    /// The first batch: the consumer's own pending history (what it claimed) when
+    /// `claimed > 0`, else new entries.
+    pub first: Vec<StreamEntry>,
 }
 
 /// What a reclaim took back.
@@ -62,19 +65,20 @@ pub struct Reclaimed {
 }
 
 impl Store {
-    /// Creates the device's group and this consumer, claims what earlier
-    /// connections of the device left pending, and deletes the group's consumers that
-    /// have nothing pending and have not read for `stale_after`. One round trip.
+    /// Creates the device's group if missing, claims for this consumer what earlier
+    /// connections of the device left pending, deletes the group's other consumers
+    /// (they have nothing pending left), and reads the first batch of up to `count`
+    /// entries: the claimed ones first, else new ones. One round trip (`join.lua`).
     pub async fn join(
         &self,
         consumer: &ConsumerRef,
-        stale_after: Duration,
+        count: usize,
     ) -> Result<JoinReport, StoreError> {
-        let (claimed, trimmed, deleted_consumers): (u64, u64, u64) = JOIN_SCRIPT
+        let (claimed, trimmed, deleted_consumers, first): (u64, u64, u64, Value) = JOIN_SCRIPT
             .key(keys::inbox(consumer.user))
             .arg(&consumer.device)
             .arg(&consumer.consumer)
-            .arg(stale_after.as_millis() as u64)
+            .arg(count)
             .invoke_async(&mut self.conn("join"))
             .await
             .map_err(|e| self.error(e))?;
@@ -82,6 +86,7 @@ impl Store {
             claimed,
             trimmed,
             deleted_consumers,
+            first: parse_counted_entries(first).map_err(StoreError::Internal)?,
         })
     }
 

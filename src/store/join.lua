@@ -1,42 +1,79 @@
--- courier join script: make a connection's consumer ready to read.
+-- courier join script: make a connection's consumer ready, and read its first batch.
 --
 -- KEYS[1] inbox:{user:<id>}
--- ARGV[1] group (device id)   ARGV[2] consumer name   ARGV[3] stale idle (ms)
+-- ARGV[1] group (device id)   ARGV[2] consumer name   ARGV[3] batch size
 --
--- Creates the device's group at 0 (MKSTREAM) when missing and the consumer, then
--- claims every entry pending in the group (XAUTOCLAIM, min idle 0, JUSTID so the
--- delivery counts are not bumped: the reads that deliver them bump them). Entries
--- trimmed from the stream while pending come back as deleted ids and leave the PEL.
--- Finally deletes the group's other consumers that have nothing pending and have not
--- read for ARGV[3] ms: consumers of dead connections and dead instances (a live
--- consumer reads at least every safety-poll interval).
+-- One round trip for the whole join:
+-- 1. claims every entry pending in the device's group for this consumer (XAUTOCLAIM,
+--    min idle 0, JUSTID so the delivery counts are not bumped: the reads that deliver
+--    them bump them): what the device's earlier connections, dead or alive, left
+--    unacked. Entries trimmed from the stream while pending come back as deleted ids
+--    and leave the PEL. A missing group (or stream) is created at 0 (MKSTREAM);
+--    the consumer is created unless the claim did (one consumer per connection, in
+--    XINFO CONSUMERS from the start, even before it has read anything);
+-- 2. deletes the group's other consumers that have nothing pending (after step 1,
+--    all of them): consumers of dead connections and instances. Deleting a live
+--    connection's empty consumer loses nothing: its next read creates it again;
+-- 3. reads the first batch: this consumer's own pending history (what it claimed)
+--    if there is any, else new entries (`>`).
 --
--- Returns {claimed, trimmed, consumers deleted}.
+-- Returns {claimed, trimmed, consumers deleted, entries}: entries are
+-- {{id, fields, deliveries}, ...}, pending history when claimed > 0, else new.
 
-local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-if type(created) == 'table' and created.err and not string.find(created.err, 'BUSYGROUP') then
-  return redis.error_reply(created.err)
-end
-redis.call('XGROUP', 'CREATECONSUMER', KEYS[1], ARGV[1], ARGV[2])
+local group, me, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local claimed, trimmed, deleted = 0, 0, 0
 
-local cursor, claimed, trimmed = '0-0', 0, 0
-repeat
-  local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, cursor, 'COUNT', 1000, 'JUSTID')
-  cursor = reply[1]
-  claimed = claimed + #reply[2]
-  trimmed = trimmed + #(reply[3] or {})
-until cursor == '0-0'
-
-local deleted = 0
-local stale = tonumber(ARGV[3])
-for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local info = {}
-  for i = 1, #consumer, 2 do
-    info[consumer[i]] = consumer[i + 1]
+local reply = redis.pcall('XAUTOCLAIM', KEYS[1], group, me, 0, '0-0', 'COUNT', 1000, 'JUSTID')
+if type(reply) == 'table' and reply.err then
+  if not string.find(reply.err, 'NOGROUP') then
+    return redis.error_reply(reply.err)
   end
-  if info['name'] ~= ARGV[2] and info['pending'] == 0 and info['idle'] >= stale then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
-    deleted = deleted + 1
+  redis.call('XGROUP', 'CREATE', KEYS[1], group, '0', 'MKSTREAM')
+  redis.call('XGROUP', 'CREATECONSUMER', KEYS[1], group, me)
+else
+  while true do
+    claimed = claimed + #reply[2]
+    trimmed = trimmed + #(reply[3] or {})
+    if reply[1] == '0-0' then
+      break
+    end
+    reply = redis.call('XAUTOCLAIM', KEYS[1], group, me, 0, reply[1], 'COUNT', 1000, 'JUSTID')
+  end
+  local exists = false
+  for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
+    local info = {}
+    for i = 1, #consumer, 2 do
+      info[consumer[i]] = consumer[i + 1]
+    end
+    if info['name'] == me then
+      exists = true
+    elseif info['pending'] == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, info['name'])
+      deleted = deleted + 1
+    end
+  end
+  if not exists then
+    redis.call('XGROUP', 'CREATECONSUMER', KEYS[1], group, me)
   end
 end
-return {claimed, trimmed, deleted}
+
+local from = '>'
+if claimed > 0 then
+  from = '0'
+end
+local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', count, 'STREAMS', KEYS[1], from)
+local entries = {}
+if read then
+  local deliveries = {}
+  if claimed > 0 then
+    -- The history read returned the consumer's first `count` pending entries: one
+    -- XPENDING gives their delivery counts (which the read just bumped).
+    for _, pending in ipairs(redis.call('XPENDING', KEYS[1], group, '-', '+', count, me)) do
+      deliveries[pending[1]] = pending[4]
+    end
+  end
+  for _, entry in ipairs(read[1][2]) do
+    table.insert(entries, {entry[1], entry[2] or false, deliveries[entry[1]] or 1})
+  end
+end
+return {claimed, trimmed, deleted, entries}

@@ -5,11 +5,23 @@
 //! connection here — a plain channel on a single node, a shard channel (`SSUBSCRIBE`,
 //! on the node of the user's slot) on a Redis Cluster ([`RedisBackend`]). The send
 //! script publishes on the recipients' channels; a message wakes every local
-//! connection of that user, which then reads its inbox. Wake-ups carry no data: a lost
-//! one only delays delivery until the connection's safety poll, and after the pub/sub
-//! connection comes back every connection is woken. When a cluster moves a user's slot
-//! to another node, that node's server drops the shard subscription (an `sunsubscribe`
-//! push): the user is subscribed again, now on the new owner, and woken.
+//! connection of that user, which then reads its inbox.
+//!
+//! Delivery rests on these wake-ups alone (there is no per-connection polling unless
+//! configured), so every way one can be lost is closed here or in the session:
+//! - a connection subscribes before its first read (`session::prepare`), so an entry
+//!   is either read by that read or announced after the subscription;
+//! - while the pub/sub connection is down, publishes are lost: once it is back (a
+//!   PING answers), every local connection is woken once, spread over a short time
+//!   ([`WAKE_CHUNK`] every [`WAKE_SPACING`]) so an instance does not stampede Redis;
+//! - a half-dead connection (open, but no longer delivering) is found by a PING every
+//!   [`PING_EVERY`]: one that fails replaces the connection, which then counts as
+//!   lost and comes back as above;
+//! - when a cluster moves a user's slot to another node, that node drops the shard
+//!   subscription (an `sunsubscribe` push): the user is subscribed again, now on the
+//!   new owner, and woken; a subscription that failed is retried every second, and
+//!   its user woken once it holds;
+//! - a wake-up whose read fails is not lost: the session retries the read.
 //!
 //! Subscribing and unsubscribing go through one task in request order, batched into
 //! single SUBSCRIBE/UNSUBSCRIBE commands (on a cluster, one shard command per channel,
@@ -19,7 +31,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{PushInfo, PushKind};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -91,7 +103,7 @@ impl Notifier {
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let url = options.url.clone();
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let conn = RedisBackend::open(options, Some(push_tx))?;
+        let conn = RedisBackend::open(options, Some(push_tx.clone()))?;
         let (requests, request_rx) = mpsc::unbounded_channel();
         let notifier = Self {
             wakers: Arc::default(),
@@ -100,6 +112,9 @@ impl Notifier {
         };
         let task = NotifierTask {
             conn,
+            options: options.clone(),
+            push_tx,
+            last_ping: Instant::now(),
             url,
             wakers: notifier.wakers.clone(),
             subscribed: HashSet::new(),
@@ -148,6 +163,12 @@ impl Notifier {
 /// The task behind [`Notifier`]: owns the pub/sub connection.
 struct NotifierTask {
     conn: RedisBackend,
+    /// To open a fresh connection when this one stops answering.
+    options: RedisOptions,
+    /// Where every connection it opens sends its pushes.
+    push_tx: mpsc::UnboundedSender<PushInfo>,
+    /// When the connection last answered a PING (or was opened).
+    last_ping: Instant,
     url: String,
     wakers: Arc<Mutex<Wakers>>,
     /// Users whose channel is subscribed in Redis.
@@ -162,6 +183,17 @@ struct NotifierTask {
 }
 
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a connected pub/sub connection is PINGed: one command per instance (per
+/// primary on a cluster) every 5 s, whatever the number of connections.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Connections woken at a time when every one of them must be.
+pub const WAKE_CHUNK: usize = 256;
+
+/// The pause between two chunks of woken connections: 25,600 connections a second,
+/// 20,000 within 0.8 s.
+pub const WAKE_SPACING: Duration = Duration::from_millis(10);
 
 impl NotifierTask {
     async fn run(
@@ -318,46 +350,101 @@ impl NotifierTask {
 
     /// While disconnected, PINGs (which makes the connection reconnect and
     /// resubscribe); once back, wakes every connection, since notifications sent in
-    /// between are lost. While connected, subscribes again the users whose
+    /// between are lost. While connected, PINGs every [`PING_EVERY`] (a connection
+    /// that fails to answer is replaced), and subscribes again the users whose
     /// subscription failed or was dropped by Redis, and wakes them.
     async fn check_health(&mut self) {
-        if self.connected {
-            self.conn.verify_primary().await;
-        } else {
-            if redis::cmd("PING")
-                .query_async::<()>(&mut self.conn)
-                .await
-                .is_err()
-            {
+        let back = if !self.connected {
+            if self.ping().await.is_err() {
                 return;
             }
-            tracing::info!("pub/sub connection back; waking every connection");
+            tracing::info!("pub/sub connection back; subscribing again, waking every connection");
             self.connected = true;
             self.metrics.pubsub_reconnects.inc();
-            for list in self.wakers().values() {
-                list.iter().for_each(|(_, waker)| waker.notify_one());
+            true
+        } else {
+            self.conn.verify_primary().await;
+            if self.last_ping.elapsed() >= PING_EVERY
+                && let Err(e) = self.ping().await
+            {
+                tracing::warn!(
+                    error = %super::redact_error(&e, &self.url),
+                    "pub/sub connection did not answer PING; replacing it"
+                );
+                self.replace_connection();
+                return;
             }
-        }
+            false
+        };
         let missing: Vec<u64> = self
             .wakers()
             .keys()
             .copied()
             .filter(|user| !self.subscribed.contains(user))
             .collect();
-        if missing.is_empty() {
+        if !missing.is_empty() {
+            self.sync(
+                missing
+                    .iter()
+                    .map(|&user| SyncRequest { user, done: None })
+                    .collect(),
+            )
+            .await;
+        }
+        // Woken only once subscribed again, so that nothing published after their
+        // read can go unannounced.
+        if back {
+            self.wake_everyone();
             return;
         }
-        self.sync(
-            missing
-                .iter()
-                .map(|&user| SyncRequest { user, done: None })
-                .collect(),
-        )
-        .await;
         for user in missing {
             if self.subscribed.contains(&user) {
                 self.wake(user);
             }
         }
+    }
+
+    async fn ping(&mut self) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async::<()>(&mut self.conn).await?;
+        self.last_ping = Instant::now();
+        Ok(())
+    }
+
+    /// Drops a connection that stopped answering (its subscriptions may be gone
+    /// without a word) for a fresh one: the health check then PINGs it, subscribes
+    /// every user again and wakes every connection, as after any disconnection.
+    fn replace_connection(&mut self) {
+        match RedisBackend::open(&self.options, Some(self.push_tx.clone())) {
+            Ok(conn) => self.conn = conn,
+            Err(e) => tracing::warn!(error = %e, "cannot open a new pub/sub connection"),
+        }
+        self.connected = false;
+        self.subscribed.clear();
+        self.own_unsubscribes.clear();
+    }
+
+    /// Wakes every local connection once: at once when they are few, else
+    /// [`WAKE_CHUNK`] at a time every [`WAKE_SPACING`], so their reads reach Redis
+    /// spread out rather than all in the same instant.
+    fn wake_everyone(&self) {
+        let wakers: Vec<Arc<Notify>> = self
+            .wakers()
+            .values()
+            .flatten()
+            .map(|(_, waker)| waker.clone())
+            .collect();
+        if wakers.len() <= WAKE_CHUNK {
+            wakers.iter().for_each(|waker| waker.notify_one());
+            return;
+        }
+        tokio::spawn(async move {
+            let mut chunks = wakers.chunks(WAKE_CHUNK).peekable();
+            while let Some(chunk) = chunks.next() {
+                chunk.iter().for_each(|waker| waker.notify_one());
+                if chunks.peek().is_some() {
+                    tokio::time::sleep(WAKE_SPACING).await;
+                }
+            }
+        });
     }
 }
