@@ -43,6 +43,14 @@ pub struct LaneLabel {
     pub lane: &'static str,
 }
 
+/// Why a trim removed unacked entries: `maxlen` (the inbox's length cap) or
+/// `idle_device` (past a device group idle for `COURIER_DEVICE_IDLE_S`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: &'static str,
+}
+
 /// Which way a batch went: `in` (sent by a client) or `out` (delivered).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
@@ -71,6 +79,8 @@ pub struct Metrics {
     pub messages_dead_lettered: Counter,
     /// Pending entries found trimmed before delivery.
     pub messages_trimmed: Counter,
+    /// Entries a device group had not acked, removed by an inbox trim, by reason.
+    pub unacked_trimmed: Family<ReasonLabel, Counter>,
     /// Client acks applied (XACKed batches).
     pub acks: Counter,
     /// Error frames sent, by code.
@@ -120,6 +130,7 @@ impl Metrics {
             messages_redelivered: Counter::default(),
             messages_dead_lettered: Counter::default(),
             messages_trimmed: Counter::default(),
+            unacked_trimmed: Family::default(),
             acks: Counter::default(),
             errors: Family::default(),
             batch_size: Family::new_with_constructor(batch_histogram),
@@ -172,6 +183,12 @@ impl Metrics {
             "messages_trimmed",
             "Pending entries trimmed from the stream before delivery (lost)",
             metrics.messages_trimmed.clone(),
+        );
+        r.register(
+            "unacked_trimmed",
+            "Entries a device group had not acked, removed by an inbox trim (per device), \
+             by reason: maxlen (the length cap) or idle_device (past an idle device group)",
+            metrics.unacked_trimmed.clone(),
         );
         r.register(
             "acks",
@@ -254,6 +271,13 @@ impl Metrics {
     /// Counts an error frame.
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Counts entries a trim removed unacked.
+    pub fn trimmed_unacked(&self, reason: &'static str, count: u64) {
+        self.unacked_trimmed
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(count);
     }
 
     /// Records a batch's size.

@@ -31,6 +31,7 @@ mod send_sharded;
 mod sentinel_conn;
 pub mod settings;
 pub mod topology;
+mod trim;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
