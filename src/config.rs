@@ -103,6 +103,26 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_maxlen: u64,
 
+    /// Seconds acked history stays in an inbox: an entry every device group has acked is
+    /// trimmed once it is older than this. Defaults to 604800 (7 days).
+    #[arg(long = "history-retention-s", value_name = "HISTORY_RETENTION_S",
+          env = "COURIER_HISTORY_RETENTION_S", default_value = "604800",
+          value_parser = seconds(1..))]
+    pub history_retention: Duration,
+
+    /// Seconds after which a device group that has not read, and whose oldest unacked
+    /// entry is older than this, stops holding back trimming (what it then loses is
+    /// counted). Defaults to 2592000 (30 days).
+    #[arg(long = "device-idle-s", value_name = "DEVICE_IDLE_S",
+          env = "COURIER_DEVICE_IDLE_S", default_value = "2592000",
+          value_parser = seconds(1..))]
+    pub device_idle: Duration,
+
+    /// Newest items kept in each legacy `user:<id>` list (`LTRIM` in the send script);
+    /// 0 turns the lists off. Defaults to 10000.
+    #[arg(long, env = "COURIER_LEGACY_LIST_MAXLEN", default_value_t = 10_000)]
+    pub legacy_list_maxlen: u64,
+
     /// Seconds a sent batch's `time_key` is remembered for deduplication. Defaults to 300.
     #[arg(long = "dedup-window-s", value_name = "DEDUP_WINDOW_S",
           env = "COURIER_DEDUP_WINDOW_S", default_value = "300",
@@ -198,6 +218,13 @@ pub struct Config {
           env = "COURIER_REDIS_TIMEOUT_MS", default_value = "5000",
           value_parser = millis(1..))]
     pub redis_timeout: Duration,
+
+    /// Redis commands one instance keeps in flight at once (per command connection);
+    /// more wait in courier for their turn, acks first, without their timeout
+    /// running. Defaults to 128.
+    #[arg(long, env = "COURIER_REDIS_MAX_INFLIGHT", default_value_t = 128,
+          value_parser = size(1..=65_536))]
+    pub redis_max_inflight: usize,
 
     /// Log format: `text` or `json`. Defaults to `text`.
     #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text",

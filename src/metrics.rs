@@ -36,6 +36,21 @@ pub struct CommandLabel {
     pub command: &'static str,
 }
 
+/// A lane of the Redis gate (`control`, `catch_up`, `read`, `intake`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// The lane.
+    pub lane: &'static str,
+}
+
+/// Why a trim removed unacked entries: `maxlen` (the inbox's length cap) or
+/// `idle_device` (past a device group idle for `COURIER_DEVICE_IDLE_S`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: &'static str,
+}
+
 /// Which way a batch went: `in` (sent by a client) or `out` (delivered).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabel {
@@ -64,6 +79,8 @@ pub struct Metrics {
     pub messages_dead_lettered: Counter,
     /// Pending entries found trimmed before delivery.
     pub messages_trimmed: Counter,
+    /// Entries a device group had not acked, removed by an inbox trim, by reason.
+    pub unacked_trimmed: Family<ReasonLabel, Counter>,
     /// Client acks applied (XACKed batches).
     pub acks: Counter,
     /// Error frames sent, by code.
@@ -78,6 +95,10 @@ pub struct Metrics {
     pub redis_command: HistogramFamily<CommandLabel>,
     /// Redis failures, by operation.
     pub redis_errors: Family<CommandLabel, Counter>,
+    /// Time commands waited in courier for their turn to be sent, by lane.
+    pub redis_wait: HistogramFamily<LaneLabel>,
+    /// Commands not sent because Redis was known to be down, by operation.
+    pub redis_refused: Family<CommandLabel, Counter>,
     /// Times the pub/sub connection came back after a loss.
     pub pubsub_reconnects: Counter,
 }
@@ -109,6 +130,7 @@ impl Metrics {
             messages_redelivered: Counter::default(),
             messages_dead_lettered: Counter::default(),
             messages_trimmed: Counter::default(),
+            unacked_trimmed: Family::default(),
             acks: Counter::default(),
             errors: Family::default(),
             batch_size: Family::new_with_constructor(batch_histogram),
@@ -116,6 +138,8 @@ impl Metrics {
             deliver_to_ack: latency_histogram(),
             redis_command: Family::new_with_constructor(latency_histogram),
             redis_errors: Family::default(),
+            redis_wait: Family::new_with_constructor(latency_histogram),
+            redis_refused: Family::default(),
             pubsub_reconnects: Counter::default(),
             registry: Registry::default(),
         };
@@ -161,6 +185,12 @@ impl Metrics {
             metrics.messages_trimmed.clone(),
         );
         r.register(
+            "unacked_trimmed",
+            "Entries a device group had not acked, removed by an inbox trim (per device), \
+             by reason: maxlen (the length cap) or idle_device (past an idle device group)",
+            metrics.unacked_trimmed.clone(),
+        );
+        r.register(
             "acks",
             "Client acks applied (batches XACKed)",
             metrics.acks.clone(),
@@ -198,6 +228,17 @@ impl Metrics {
             "Redis failures, by operation",
             metrics.redis_errors.clone(),
         );
+        r.register_with_unit(
+            "redis_wait",
+            "Time Redis commands waited in courier for their turn to be sent, by lane",
+            Unit::Seconds,
+            metrics.redis_wait.clone(),
+        );
+        r.register(
+            "redis_refused",
+            "Redis commands not sent because Redis was known to be down, by operation",
+            metrics.redis_refused.clone(),
+        );
         r.register(
             "pubsub_reconnects",
             "Times the pub/sub connection came back after a loss",
@@ -232,6 +273,13 @@ impl Metrics {
         self.errors.get_or_create(&CodeLabel { code }).inc();
     }
 
+    /// Counts entries a trim removed unacked.
+    pub fn trimmed_unacked(&self, reason: &'static str, count: u64) {
+        self.unacked_trimmed
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(count);
+    }
+
     /// Records a batch's size.
     pub fn batch(&self, direction: &'static str, size: usize) {
         self.batch_size
@@ -248,6 +296,20 @@ impl Metrics {
         if !ok {
             self.redis_errors.get_or_create(&label).inc();
         }
+    }
+
+    /// Records how long a command waited for its turn in a lane of the gate.
+    pub fn redis_wait(&self, lane: &'static str, waited: Duration) {
+        self.redis_wait
+            .get_or_create(&LaneLabel { lane })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Counts a command not sent because Redis was known to be down.
+    pub fn redis_refused(&self, command: &'static str) {
+        self.redis_refused
+            .get_or_create(&CommandLabel { command })
+            .inc();
     }
 }
 

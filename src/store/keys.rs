@@ -33,7 +33,8 @@ pub fn user_of_notify_channel(channel: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// `dedup:{user:<id>}:<time_key>`: idempotency record of a sent batch.
+/// `dedup:{user:<id>}:<time_key>`: idempotency record of a sent batch; its value is
+/// the batch's first id, an integer (`send::dedup_record`).
 pub fn dedup(user: u64, time_key: &str) -> String {
     format!("dedup:{{user:{user}}}:{time_key}")
 }
@@ -47,7 +48,7 @@ pub fn dedup_ids(sender: u64, time_key: &str) -> String {
 }
 
 /// `dedup:{user:<recipient>}:from:<sender>:<time_key>`: marks, in the recipient's
-/// slot, that a batch was written to that recipient, `<first_id>:<count>`, so a retry
+/// slot, that a batch was written to that recipient (the dedup record's value), so a retry
 /// on a Redis Cluster skips it. Expires with the dedup window. (Cluster only; an
 /// addition to DESIGN §3, see the README.)
 pub fn delivered_marker(recipient: u64, sender: u64, time_key: &str) -> String {

@@ -188,22 +188,30 @@ impl Store {
         }
         invocation
             .arg(self.retention.dedup_window_s())
-            .arg(self.retention.stream_maxlen)
             .arg(request.messages.len())
             .arg(fan_out.recipients.len())
-            .arg(self.conn.publish_command());
+            .arg(self.conn.publish_command())
+            .arg(&self.retention.script_limits()[..]);
         let all: Vec<usize> = (0..request.messages.len()).collect();
         push_messages(&mut invocation, request, fan_out, &all);
         for (number, &user) in fan_out.recipients.iter().enumerate() {
             let local = fan_out.messages_of[number].iter().map(|&index| index + 1);
             push_recipient(&mut invocation, user, local, all.len());
         }
-        let reply: (i64, Value) = self.write_script(invocation).await?;
-        match reply {
-            (1, Value::Int(first_id)) => Ok(SendOutcome::Written {
-                first_id: first_id.unsigned_abs(),
-            }),
-            (0, seen) => Ok(duplicate(seen)?),
+        let reply: Vec<Value> = self.write_script(invocation).await?;
+        let mut reply = reply.into_iter();
+        match (reply.next(), reply.next(), reply.next()) {
+            (Some(Value::Int(1)), Some(Value::Int(first_id)), lost) => {
+                if let Some(lost) = lost {
+                    self.record_losses(lost, |r| {
+                        fan_out.recipients.get(r.checked_sub(1)?).copied()
+                    });
+                }
+                Ok(SendOutcome::Written {
+                    first_id: first_id.unsigned_abs(),
+                })
+            }
+            (Some(Value::Int(0)), Some(seen), None) => Ok(duplicate(seen, request.messages.len())?),
             other => {
                 Err(StoreError::Internal(format!("unexpected send script reply {other:?}")).into())
             }
@@ -282,19 +290,35 @@ pub(super) fn push_recipient(
     }
 }
 
-/// The outcome for a dedup record found (`<first_id>:<count>`).
-pub(super) fn duplicate(seen: Value) -> Result<SendOutcome, StoreError> {
+/// The outcome for a dedup record found (see [`dedup_record`]) for a resend of
+/// `count` messages.
+pub(super) fn duplicate(seen: Value, count: usize) -> Result<SendOutcome, StoreError> {
     match value_text(seen).as_deref().and_then(parse_seen) {
-        Some((first_id, count)) => Ok(SendOutcome::Duplicate { first_id, count }),
+        Some((first_id, recorded)) => Ok(SendOutcome::Duplicate {
+            first_id,
+            count: recorded.unwrap_or(count as u64),
+        }),
         None => Err(StoreError::Internal("unreadable dedup record".into())),
     }
 }
 
-/// A dedup record's value, `<first_id>:<count>` (written by `send.lua`, or by the
-/// cluster strategy's last step).
-fn parse_seen(seen: &str) -> Option<(u64, u64)> {
-    let (first_id, count) = seen.split_once(':')?;
-    Some((first_id.parse().ok()?, count.parse().ok()?))
+/// A dedup record's value: the batch's first id, an integer, which Redis keeps inside
+/// the key's object with no string to allocate (BENCHMARKS.md, "Redis memory"). The
+/// count is not kept: a resend of the same `time_key` is the same batch, so its count
+/// is the resend's. (The first id alone takes 51 bits: with a count, the value would
+/// no longer fit Redis's 64-bit integers and would be stored as a string.)
+pub(super) fn dedup_record(first_id: u64) -> String {
+    first_id.to_string()
+}
+
+/// Reads a dedup record: the first id of [`dedup_record`], or the
+/// `<first_id>:<count>` that earlier versions wrote (still found within one dedup
+/// window of an upgrade), with its count.
+fn parse_seen(seen: &str) -> Option<(u64, Option<u64>)> {
+    match seen.split_once(':') {
+        Some((first_id, count)) => Some((first_id.parse().ok()?, Some(count.parse().ok()?))),
+        None => Some((seen.parse().ok()?, None)),
+    }
 }
 
 #[cfg(test)]
@@ -303,8 +327,23 @@ mod tests {
 
     #[test]
     fn dedup_records_are_read_back() {
-        assert_eq!(parse_seen("42:3"), Some((42, 3)));
-        assert_eq!(parse_seen("42"), None);
+        assert_eq!(
+            parse_seen(&dedup_record(1_796_009_949_988_123)),
+            Some((1_796_009_949_988_123, None))
+        );
+        assert_eq!(
+            parse_seen("42:3"),
+            Some((42, Some(3))),
+            "the earlier format"
+        );
+        assert_eq!(parse_seen("x"), None);
         assert_eq!(parse_seen("x:1"), None);
+        assert!(matches!(
+            duplicate(Value::Int(42), 2),
+            Ok(SendOutcome::Duplicate {
+                first_id: 42,
+                count: 2
+            })
+        ));
     }
 }

@@ -4,7 +4,8 @@
 -- script, not for a transaction, and the slot may be migrating.)
 --
 -- KEYS[1] dedup:{user:<sender>}:<time_key>   KEYS[2] dedup:{user:<sender>}:<time_key>:ids
--- ARGV[1] "<first_id>:<count>"   ARGV[2] dedup window (s)
+-- ARGV[1] the dedup record (the first id, as send.lua writes it)
+-- ARGV[2] dedup window (s)
 
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('DEL', KEYS[2])

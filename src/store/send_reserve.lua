@@ -9,7 +9,7 @@
 -- ARGV[1] first id just allocated, or ''   ARGV[2] message count N
 -- ARGV[3] dedup window (s)
 --
--- Returns {0, "<first_id>:<count>"} when the batch was already written (nothing more
+-- Returns {0, record} (the dedup record) when the batch was already written (nothing more
 -- to do), else {1, first_id} with the ids to write: those reserved by an earlier,
 -- unfinished attempt with the same time_key and count — so a retry after a partial
 -- failure gives every recipient the same ids — or else ARGV[1], now reserved (when a

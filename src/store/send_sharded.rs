@@ -30,7 +30,8 @@ use redis::{Script, Value};
 
 use super::reply::value_text;
 use super::send::{
-    FanOut, SendError, SendOutcome, SendRequest, duplicate, push_messages, push_recipient,
+    FanOut, SendError, SendOutcome, SendRequest, dedup_record, duplicate, push_messages,
+    push_recipient,
 };
 use super::{Store, StoreError, keys};
 
@@ -55,7 +56,7 @@ static COMMIT_SCRIPT: LazyLock<Script> =
 
 /// What step 1 found for a batch.
 pub(super) enum Reservation {
-    /// Already written: the dedup record (`"<first_id>:<count>"`).
+    /// Already written: the dedup record (`send::dedup_record`).
     Written(Value),
     /// The ids to write (reserved now or by an unfinished earlier attempt).
     Ids(u64),
@@ -74,7 +75,9 @@ impl Store {
     ) -> Result<SendOutcome, SendError> {
         let count = request.messages.len() as u64;
         let first = match found {
-            Reservation::Written(first) => return Ok(duplicate(first)?),
+            Reservation::Written(first) => {
+                return Ok(duplicate(first, request.messages.len())?);
+            }
             Reservation::Ids(first) => first,
             Reservation::Fresh => {
                 let allocated: u64 = IDS_SCRIPT
@@ -84,7 +87,9 @@ impl Store {
                     .await
                     .map_err(|e| self.error(e))?;
                 match self.reserve(request, Some(allocated)).await? {
-                    Reservation::Written(first) => return Ok(duplicate(first)?),
+                    Reservation::Written(first) => {
+                        return Ok(duplicate(first, request.messages.len())?);
+                    }
                     Reservation::Ids(first) => first,
                     Reservation::Fresh => {
                         return Err(StoreError::Internal("id reservation refused".into()).into());
@@ -112,7 +117,7 @@ impl Store {
         COMMIT_SCRIPT
             .key(keys::dedup(request.sender, &request.time_key))
             .key(keys::dedup_ids(request.sender, &request.time_key))
-            .arg(format!("{first}:{count}"))
+            .arg(dedup_record(first))
             .arg(self.retention.dedup_window_s())
             .invoke_async::<()>(&mut self.conn("send"))
             .await
@@ -179,12 +184,12 @@ impl Store {
         local.dedup();
         invocation
             .arg(self.retention.dedup_window_s())
-            .arg(self.retention.stream_maxlen)
-            .arg(request.messages.len())
+            .arg(dedup_record(first))
             .arg(first)
             .arg(self.conn.publish_command())
             .arg(members.len())
-            .arg(local.len());
+            .arg(local.len())
+            .arg(&self.retention.script_limits()[..]);
         push_messages(&mut invocation, request, fan_out, &local);
         for &member in members {
             let numbers = fan_out.messages_of[member].iter().map(|index| {
@@ -200,6 +205,12 @@ impl Store {
                 local.len(),
             );
         }
-        self.write_script::<u64>(invocation).await.map(drop)
+        let (_written, lost): (u64, Value) = self.write_script(invocation).await?;
+        self.record_losses(lost, |r| {
+            members
+                .get(r.checked_sub(1)?)
+                .map(|&member| fan_out.recipients[member])
+        });
+        Ok(())
     }
 }

@@ -21,6 +21,9 @@ pub struct RedisOptions {
     /// PEM CA certificate(s) trusted for `rediss://` instead of the system roots
     /// (the contents of `COURIER_REDIS_CA_FILE`).
     pub ca_cert: Option<Vec<u8>>,
+    /// Commands in flight at once on the command connection
+    /// (`COURIER_REDIS_MAX_INFLIGHT`); more wait in courier, most urgent first.
+    pub max_inflight: usize,
     /// Replicas that must confirm a send before it is acked
     /// (`COURIER_REDIS_MIN_REPLICAS`; 0: none, no `WAIT`).
     pub min_replicas: u32,
@@ -46,6 +49,7 @@ impl RedisOptions {
             topology,
             response_timeout: config.redis_timeout,
             ca_cert,
+            max_inflight: config.redis_max_inflight,
             min_replicas: config.redis_min_replicas,
         })
     }
@@ -61,12 +65,20 @@ impl RedisOptions {
 }
 
 /// How much history Redis keeps of what the store writes. Every script that appends
-/// to a stream trims it with the same bound, whoever calls it.
+/// to an inbox trims it with the same bounds, whoever calls it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Approximate entries kept per inbox and dead-letter stream (`XADD MAXLEN ~`,
-    /// `COURIER_STREAM_MAXLEN`).
+    /// The hard cap: approximate entries kept per inbox and dead-letter stream
+    /// (`COURIER_STREAM_MAXLEN`). Unacked entries removed by it are counted.
     pub stream_maxlen: u64,
+    /// How long acked history stays in an inbox (`COURIER_HISTORY_RETENTION_S`).
+    pub history: Duration,
+    /// After how long without reading a device group stops holding back trimming
+    /// (`COURIER_DEVICE_IDLE_S`).
+    pub device_idle: Duration,
+    /// Newest items kept in each legacy `user:<id>` list; 0: no list is written
+    /// (`COURIER_LEGACY_LIST_MAXLEN`).
+    pub legacy_list_maxlen: u64,
     /// How long a sent batch's dedup record lives (`COURIER_DEDUP_WINDOW_S`); Redis
     /// expires it in whole seconds.
     pub dedup_window: Duration,
@@ -77,12 +89,31 @@ impl Retention {
     pub fn dedup_window_s(&self) -> u64 {
         self.dedup_window.as_secs()
     }
+
+    /// The bounds the send scripts apply to each recipient's keys, as
+    /// `send_writes.lua`'s `read_limits` reads them: stream cap, legacy list cap,
+    /// history retention (ms), device idle time (ms).
+    pub(super) fn script_limits(&self) -> [u64; 4] {
+        [
+            self.stream_maxlen,
+            self.legacy_list_maxlen,
+            millis(self.history),
+            millis(self.device_idle),
+        ]
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl From<&Config> for Retention {
     fn from(config: &Config) -> Self {
         Self {
             stream_maxlen: config.stream_maxlen,
+            history: config.history_retention,
+            device_idle: config.device_idle,
+            legacy_list_maxlen: config.legacy_list_maxlen,
             dedup_window: config.dedup_window,
         }
     }
