@@ -140,6 +140,11 @@ pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
         match (served, &ctx.storm) {
             (Err(_), Some(storm)) if storms_left > 0 => {
                 storms_left -= 1;
+                // The lost connection's socket is closed before reconnecting: held
+                // during the retries, 19,900 of them and their new attempts would
+                // exceed this process's open-file limit, and the storm would measure
+                // loadgen's EMFILE instead of courier.
+                drop(client);
                 match storm::rejoin(&spec, &ctx, storm).await {
                     Some(again) => ws = again,
                     None => return,
