@@ -219,6 +219,13 @@ pub struct Config {
           value_parser = millis(1..))]
     pub redis_timeout: Duration,
 
+    /// Redis commands one instance keeps in flight at once (per command connection);
+    /// more wait in courier for their turn, acks first, without their timeout
+    /// running. Defaults to 128.
+    #[arg(long, env = "COURIER_REDIS_MAX_INFLIGHT", default_value_t = 128,
+          value_parser = size(1..=65_536))]
+    pub redis_max_inflight: usize,
+
     /// Log format: `text` or `json`. Defaults to `text`.
     #[arg(long, env = "COURIER_LOG_FORMAT", default_value = "text",
           value_parser = log_format())]

@@ -36,6 +36,13 @@ pub struct CommandLabel {
     pub command: &'static str,
 }
 
+/// A lane of the Redis gate (`control`, `catch_up`, `read`, `intake`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// The lane.
+    pub lane: &'static str,
+}
+
 /// Why a trim removed unacked entries: `maxlen` (the inbox's length cap) or
 /// `idle_device` (past a device group idle for `COURIER_DEVICE_IDLE_S`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +95,10 @@ pub struct Metrics {
     pub redis_command: HistogramFamily<CommandLabel>,
     /// Redis failures, by operation.
     pub redis_errors: Family<CommandLabel, Counter>,
+    /// Time commands waited in courier for their turn to be sent, by lane.
+    pub redis_wait: HistogramFamily<LaneLabel>,
+    /// Commands not sent because Redis was known to be down, by operation.
+    pub redis_refused: Family<CommandLabel, Counter>,
     /// Times the pub/sub connection came back after a loss.
     pub pubsub_reconnects: Counter,
 }
@@ -127,6 +138,8 @@ impl Metrics {
             deliver_to_ack: latency_histogram(),
             redis_command: Family::new_with_constructor(latency_histogram),
             redis_errors: Family::default(),
+            redis_wait: Family::new_with_constructor(latency_histogram),
+            redis_refused: Family::default(),
             pubsub_reconnects: Counter::default(),
             registry: Registry::default(),
         };
@@ -215,6 +228,17 @@ impl Metrics {
             "Redis failures, by operation",
             metrics.redis_errors.clone(),
         );
+        r.register_with_unit(
+            "redis_wait",
+            "Time Redis commands waited in courier for their turn to be sent, by lane",
+            Unit::Seconds,
+            metrics.redis_wait.clone(),
+        );
+        r.register(
+            "redis_refused",
+            "Redis commands not sent because Redis was known to be down, by operation",
+            metrics.redis_refused.clone(),
+        );
         r.register(
             "pubsub_reconnects",
             "Times the pub/sub connection came back after a loss",
@@ -272,6 +296,20 @@ impl Metrics {
         if !ok {
             self.redis_errors.get_or_create(&label).inc();
         }
+    }
+
+    /// Records how long a command waited for its turn in a lane of the gate.
+    pub fn redis_wait(&self, lane: &'static str, waited: Duration) {
+        self.redis_wait
+            .get_or_create(&LaneLabel { lane })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Counts a command not sent because Redis was known to be down.
+    pub fn redis_refused(&self, command: &'static str) {
+        self.redis_refused
+            .get_or_create(&CommandLabel { command })
+            .inc();
     }
 }
 

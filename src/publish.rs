@@ -70,6 +70,12 @@ impl Publisher {
         }
     }
 
+    /// Whether a sender's messages are delivered to its own inbox too
+    /// (`COURIER_DELIVER_TO_SENDER`).
+    pub fn delivers_to_sender(&self) -> bool {
+        self.settings.policy.deliver_to_sender
+    }
+
     /// Validates a batch sent by `sender` and writes it. `link` is the span the batch
     /// came from (a connection, a request), linked from the batch's trace.
     pub async fn publish(

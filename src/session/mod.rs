@@ -5,7 +5,9 @@
 //! consumer group (claiming what earlier connections left pending, and reading the
 //! first batch in the same round trip), so a Redis failure is still an HTTP error.
 //! `run` then serves the socket in that task: client frames go to `sending` (batches,
-//! through the node's publisher) and `delivery` (acks); wake-ups make `delivery` read
+//! written one at a time through the node's publisher while the session goes on; at
+//! most `sending::SEND_QUEUE` unanswered, then the socket is not read) and `delivery`
+//! (acks); wake-ups make `delivery` read
 //! the inbox and push batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are
 //! unacked, and the ack-timeout check reclaims while batches are unacked. An idle
 //! connection sends Redis nothing (unless the optional safety poll is configured).
@@ -41,6 +43,7 @@ use crate::store::{ConsumerRef, StoreError, StreamEntry};
 use inflight::InFlight;
 use limits::{Limits, Verdict};
 use schedule::{Due, Schedule};
+use sending::Sends;
 use settings::SessionSettings;
 use writer::Outbox;
 
@@ -201,6 +204,7 @@ fn run(
         subscription,
         outbox,
         span,
+        sends: Sends::default(),
         history_cursor: first.history_after,
         reclaim_cursor: "0-0".into(),
         last_reclaim: Instant::now(),
@@ -234,6 +238,8 @@ struct Session {
     /// The `connection` span; client batches link to it.
     span: tracing::Span,
     inflight: InFlight,
+    /// Client batches accepted and not yet answered.
+    sends: Sends,
     /// While `Some`, the consumer's own pending entries after this id are read first
     /// (those already in flight here are skipped); `None` once they are all
     /// delivered, then only new entries are read. Set again to the start after a
@@ -272,6 +278,10 @@ impl Session {
             .serve(&mut stream, first)
             .instrument(span.clone())
             .await;
+        if !matches!(ending, Ending::Dropped(_)) {
+            // Errors here are the socket's: the ending says goodbye as it can.
+            let _ = Box::pin(self.finish_sends()).instrument(span.clone()).await;
+        }
         let Session {
             node,
             outbox,
@@ -317,6 +327,13 @@ impl Session {
         let shutdown = self.node.shutdown.clone();
         loop {
             if self.want_read && self.inflight.has_room() {
+                // When a connection's own messages come back to it, its batches are
+                // answered before it reads: the ack of a batch precedes its echo.
+                if node.publisher.delivers_to_sender() {
+                    if let Err(ending) = Box::pin(self.finish_sends()).await {
+                        return ending;
+                    }
+                }
                 if let Err(ending) = Box::pin(self.deliver()).await {
                     return ending;
                 }
@@ -344,7 +361,11 @@ impl Session {
                     self.want_read = true;
                     Ok(())
                 }
-                frame = stream.next() => {
+                (time_key, outcome) = self.sends.written(), if self.sends.busy() => {
+                    self.on_written(time_key, outcome)
+                }
+                // Not while the connection's batches fill their queue: TCP pushes back.
+                frame = stream.next(), if self.sends.has_room() => {
                     self.last_seen = Instant::now();
                     match frame {
                         None => return Ending::Dropped("socket closed"),
@@ -459,7 +480,8 @@ impl Session {
             }
             Ok(ClientFrame::Send(batch)) => {
                 metrics.frame_in("messages");
-                self.on_send(batch).await
+                self.on_send(batch);
+                Ok(())
             }
             Ok(ClientFrame::Ack(time_key)) => {
                 metrics.frame_in("ack");

@@ -10,13 +10,16 @@
 //! every operation here runs on both.
 //!
 //! Every command of the store goes through one choke point, `Store::conn` (timed and
-//! counted per operation): what must apply to all Redis work goes there. What a
+//! counted per operation): what must apply to all Redis work goes there. It passes
+//! the [`gate`] first: a bound on commands in flight, lanes that put acks before
+//! sends, and refusal at once while Redis is down. What a
 //! message looks like in Redis is [`entry`]'s, every key and channel name [`keys`]'s,
 //! and how much Redis keeps [`settings::Retention`]'s.
 
 pub mod backend;
 mod cluster_conn;
 pub mod entry;
+mod gate;
 pub mod inbox;
 pub mod keys;
 pub mod notify;
@@ -31,13 +34,16 @@ pub mod topology;
 mod trim;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
+};
 
 use crate::metrics::Metrics;
 use backend::RedisBackend;
+use gate::{Gate, Health, Lane};
 
 pub use entry::{EntryBody, NewMessage, StoredMessage, StreamEntry};
 pub use inbox::ConsumerRef;
@@ -118,29 +124,78 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// The trim bound and dedup window every write applies.
     retention: Retention,
+    /// What every command passes before it is sent.
+    gate: Arc<Gate>,
     /// With `COURIER_REDIS_MIN_REPLICAS` > 0: the send writes' own connection, each
     /// followed by `WAIT` (`replicated.rs`).
     replicated: Option<Arc<replicated::Replicated>>,
 }
 
-/// The shared connection, seen by one operation: every command sent through it is
-/// timed and counted under that operation's name. [`Store::conn`] is the only way to
-/// it, so every Redis command of the store passes here.
+/// How often the gate probes Redis while it is down.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// The shared connection, seen by one operation: every command sent through it
+/// first waits at the gate in the operation's lane, then is timed (from sending to
+/// the reply: the wait is not part of the command's timeout) and counted under the
+/// operation's name. [`Store::conn`] is the only way to it, so every Redis command of
+/// the store passes here.
 struct TimedConnection {
     inner: RedisBackend,
     operation: &'static str,
     metrics: Arc<Metrics>,
+    gate: Arc<Gate>,
+}
+
+impl TimedConnection {
+    /// Runs one request (a command or a pipeline) through the gate.
+    async fn through_gate<T>(
+        &mut self,
+        request: impl AsyncFnOnce(&mut RedisBackend) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        let lane = Lane::of(self.operation);
+        let arrived = Instant::now();
+        let Ok(permit) = self.gate.enter(lane).await else {
+            self.metrics.redis_refused(self.operation);
+            return Err(redis_down());
+        };
+        self.metrics.redis_wait(lane.name(), arrived.elapsed());
+        let started = Instant::now();
+        let result = request(&mut self.inner).await;
+        self.metrics
+            .redis(self.operation, started.elapsed(), result.is_ok());
+        // Before the permit goes to the next command, so that it is refused too if
+        // Redis was just found down.
+        if self.gate.observe(Health::of(&result)) {
+            let gate = self.gate.clone();
+            let conn = self.inner.clone();
+            tokio::spawn(async move {
+                gate.probe(PROBE_EVERY, || {
+                    let mut conn = conn.clone();
+                    async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
+                })
+                .await;
+            });
+        }
+        drop(permit);
+        result
+    }
+}
+
+/// The error of a command refused because Redis is known to be down.
+fn redis_down() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "redis is down: command not sent until it answers again",
+    ))
 }
 
 impl ConnectionLike for TimedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = self.inner.req_packed_command(cmd).await;
-            self.metrics
-                .redis(self.operation, started.elapsed(), result.is_ok());
-            result
-        })
+        Box::pin(
+            self.through_gate(async move |conn: &mut RedisBackend| {
+                conn.req_packed_command(cmd).await
+            }),
+        )
     }
 
     fn req_packed_commands<'a>(
@@ -149,16 +204,9 @@ impl ConnectionLike for TimedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = self
-                .inner
-                .req_packed_commands(pipeline, offset, count)
-                .await;
-            self.metrics
-                .redis(self.operation, started.elapsed(), result.is_ok());
-            result
-        })
+        Box::pin(self.through_gate(async move |conn: &mut RedisBackend| {
+            conn.req_packed_commands(pipeline, offset, count).await
+        }))
     }
 
     fn get_db(&self) -> i64 {
@@ -176,11 +224,14 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let conn = RedisBackend::open(options, None)?;
+        // On a cluster one node's outage must not refuse the others' commands.
+        let gate = Gate::new(options.max_inflight, !conn.is_cluster());
         let replicated = match options.replica_policy() {
             Some(policy) => Some(replicated::Replicated::start(
                 policy,
                 RedisBackend::open(options, None)?,
                 metrics.clone(),
+                gate.clone(),
             )),
             None => None,
         };
@@ -189,6 +240,7 @@ impl Store {
             url: options.url.as_str().into(),
             metrics,
             retention,
+            gate,
             replicated,
         })
     }
@@ -199,6 +251,7 @@ impl Store {
             inner: self.conn.clone(),
             operation,
             metrics: self.metrics.clone(),
+            gate: self.gate.clone(),
         }
     }
 

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::TimedConnection;
 use super::backend::RedisBackend;
+use super::gate::Gate;
 use crate::metrics::Metrics;
 
 /// The most sends one group carries.
@@ -56,6 +57,9 @@ pub struct ReplicaPolicy {
 pub(super) struct Replicated {
     policy: ReplicaPolicy,
     conn: RedisBackend,
+    /// The store's gate: a write (a group, on a single primary) takes a turn in the
+    /// `intake` lane like any send.
+    gate: Arc<Gate>,
     /// To the grouping task (single node and Sentinel).
     jobs: Option<mpsc::UnboundedSender<Job>>,
 }
@@ -72,6 +76,7 @@ impl Replicated {
         policy: ReplicaPolicy,
         conn: RedisBackend,
         metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
     ) -> Arc<Self> {
         let jobs = (!conn.is_cluster()).then(|| {
             let (jobs, queue) = mpsc::unbounded_channel();
@@ -79,11 +84,17 @@ impl Replicated {
                 inner: conn.clone(),
                 operation: "send",
                 metrics,
+                gate: gate.clone(),
             };
             tokio::spawn(group_loop(policy, timed, queue));
             jobs
         });
-        Arc::new(Self { policy, conn, jobs })
+        Arc::new(Self {
+            policy,
+            conn,
+            gate,
+            jobs,
+        })
     }
 
     /// Replicas that must confirm each write.
@@ -116,6 +127,7 @@ impl Replicated {
                     inner: self.conn.clone(),
                     operation: "send",
                     metrics: metrics.clone(),
+                    gate: self.gate.clone(),
                 };
                 let mut results = run_group(&mut conn, self.policy, &[&invocation]).await;
                 results.pop().unwrap_or_else(|| {

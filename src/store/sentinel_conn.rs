@@ -6,9 +6,9 @@
 //! auto-reconnecting [`ConnectionManager`] to that address. A command that fails in a
 //! way that says the primary may have moved — the connection broke or was refused,
 //! timed out, or the server answers `READONLY`/`MASTERDOWN` (a demoted primary) —
-//! makes the sentinels be asked again in the background; when they name another
-//! address, the connection is replaced by one to it. Meanwhile commands fail, and the
-//! store answers them `unavailable`. The number of connections stays one per
+//! makes the sentinels be asked again, and no command uses the connection until they
+//! named a primary; when they name another address, the connection is replaced by
+//! one to it. Meanwhile commands fail, and the store answers them `unavailable`. The number of connections stays one per
 //! [`SentinelPrimary`]: a replaced connection is dropped.
 //!
 //! A pub/sub connection loses its subscriptions with a replacement: its push channel
@@ -63,6 +63,12 @@ struct Shared {
     lookup: Mutex<Option<Instant>>,
     /// Set while a background lookup is queued or running.
     background: AtomicBool,
+    /// Set by a failure that says the primary may have moved, cleared by the next
+    /// lookup that finds one: meanwhile no command uses the connection, which would
+    /// otherwise reconnect by itself to whatever answers at the old address (the old
+    /// primary restarted, empty, still calling itself primary until the sentinels
+    /// demote it) and write there.
+    suspect: AtomicBool,
 }
 
 impl SentinelPrimary {
@@ -75,6 +81,7 @@ impl SentinelPrimary {
                 current: RwLock::new(None),
                 lookup: Mutex::new(None),
                 background: AtomicBool::new(false),
+                suspect: AtomicBool::new(false),
             }),
         }
     }
@@ -91,22 +98,25 @@ impl SentinelPrimary {
     /// The connection to the primary, looking the primary up first if there is none.
     pub async fn connection(&self) -> RedisResult<ConnectionManager> {
         match self.current() {
-            Some(conn) => Ok(conn),
-            None => self.look_up().await,
+            Some(conn) if !self.shared.suspect.load(Ordering::Acquire) => Ok(conn),
+            _ => self.look_up().await,
         }
     }
 
     /// Asks the sentinels for the primary and, if it moved, replaces the connection.
     /// A lookup that ran less than [`LOOKUP_INTERVAL`] ago (by another caller) is not
-    /// repeated while a connection exists.
+    /// repeated: its outcome stands.
     async fn look_up(&self) -> RedisResult<ConnectionManager> {
         let mut last = self.shared.lookup.lock().await;
         if let Some(at) = *last
             && at.elapsed() < LOOKUP_INTERVAL
         {
-            return self.current().ok_or_else(|| {
-                RedisError::from((ErrorKind::Io, "no primary found through the sentinels"))
-            });
+            return self
+                .current()
+                .filter(|_| !self.shared.suspect.load(Ordering::Acquire))
+                .ok_or_else(|| {
+                    RedisError::from((ErrorKind::Io, "no primary found through the sentinels"))
+                });
         }
         *last = Some(Instant::now());
         let found = tokio::time::timeout(self.shared.node.timeout, self.find_primary()).await;
@@ -121,6 +131,7 @@ impl SentinelPrimary {
         };
         let address = format!("{host}:{port}");
         if let Some(conn) = self.current_at(&address) {
+            self.shared.suspect.store(false, Ordering::Release);
             return Ok(conn);
         }
         let conn = self.open_node(&host, port)?;
@@ -130,7 +141,9 @@ impl SentinelPrimary {
                 .current
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            current.replace((address.clone(), conn.clone())).is_some()
+            let replaced = current.replace((address.clone(), conn.clone())).is_some();
+            self.shared.suspect.store(false, Ordering::Release);
+            replaced
         };
         if replaced {
             tracing::warn!(primary = %address, master = %self.shared.topology.master_name,
@@ -270,7 +283,11 @@ impl SentinelPrimary {
     /// sentinels again in the background (once at a time).
     fn observe<T>(&self, result: &RedisResult<T>) {
         let Err(error) = result else { return };
-        if !may_have_moved(error) || self.shared.background.swap(true, Ordering::AcqRel) {
+        if !may_have_moved(error) {
+            return;
+        }
+        self.shared.suspect.store(true, Ordering::Release);
+        if self.shared.background.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();

@@ -21,6 +21,9 @@ pub struct RedisOptions {
     /// PEM CA certificate(s) trusted for `rediss://` instead of the system roots
     /// (the contents of `COURIER_REDIS_CA_FILE`).
     pub ca_cert: Option<Vec<u8>>,
+    /// Commands in flight at once on the command connection
+    /// (`COURIER_REDIS_MAX_INFLIGHT`); more wait in courier, most urgent first.
+    pub max_inflight: usize,
     /// Replicas that must confirm a send before it is acked
     /// (`COURIER_REDIS_MIN_REPLICAS`; 0: none, no `WAIT`).
     pub min_replicas: u32,
@@ -46,6 +49,7 @@ impl RedisOptions {
             topology,
             response_timeout: config.redis_timeout,
             ca_cert,
+            max_inflight: config.redis_max_inflight,
             min_replicas: config.redis_min_replicas,
         })
     }
