@@ -13,142 +13,25 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use courier_client::{
     Acked, Backoff, Client, ClientBuilder, ConnectionState, Deliveries, Delivery, Disconnect,
     ErrorCode, Event, SendError,
 };
 use serde_json::json;
-use support::{Fixtures, RedisServer, SECRET, WAIT, free_port, token, token_with, wait_for};
+use support::{Courier, Fixtures, RedisServer, WAIT, token, token_with, wait_for};
 use tokio::sync::broadcast;
 
-/// A courier that can be killed and started again **on the same port**, so that a
-/// client reconnects to the same URL (the harness's `Courier` takes a new port for
-/// each process).
-struct RestartableCourier {
-    addr: SocketAddr,
-    redis_url: String,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl RestartableCourier {
-    fn start(redis: &RedisServer, env: &[(&str, &str)]) -> Self {
-        let mut courier = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            redis_url: redis.url(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            child: None,
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        for _ in 0..5 {
-            courier.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            if courier.spawn() {
-                return courier;
-            }
-        }
-        panic!("courier did not start on 5 free ports");
-    }
-
-    /// Starts courier on `self.addr`; false if the port turned out to be taken.
-    fn spawn(&mut self) -> bool {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
-        command
-            .env_clear()
-            .env("COURIER_LISTEN", self.addr.to_string())
-            .env("COURIER_REDIS_URL", &self.redis_url)
-            .env("COURIER_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "courier=debug")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log);
-        let mut child = command.spawn().expect("spawn courier");
-        let deadline = Instant::now() + WAIT;
-        while !answers_healthz(self.addr) {
-            if !matches!(child.try_wait(), Ok(None)) {
-                let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                assert!(
-                    text.contains("Address already in use"),
-                    "courier exited at start:\n{text}"
-                );
-                return false;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for courier");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.child = Some(child);
-        true
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("courier.log")
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("courier runs").id();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} courier");
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts courier again on the same port.
-    fn restart(&mut self) {
-        self.kill();
-        assert!(self.spawn(), "courier could not restart on {}", self.addr);
-    }
-}
-
-impl Drop for RestartableCourier {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            eprintln!("--- last lines of courier {} ---\n{tail}", self.addr);
-        }
-    }
-}
-
-fn answers_healthz(addr: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut reply = [0u8; 12];
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .and_then(|()| stream.read_exact(&mut reply))
-        .is_ok_and(|()| reply.starts_with(b"HTTP/1.1 200"))
+/// SIGKILLs courier and starts it again on the same port, so that the clients
+/// reconnect to the same URL.
+fn restart(courier: &mut Courier) {
+    courier.kill();
+    courier
+        .start_again()
+        .unwrap_or_else(|e| panic!("courier could not restart: {e}"));
 }
 
 const ALICE: u64 = 1;
@@ -176,7 +59,7 @@ const FAST: Backoff = Backoff {
 /// left to `..` is dropped at once, and with it its process or client).
 struct TwoUsers {
     redis: RedisServer,
-    _courier: support::Courier,
+    _courier: Courier,
     alice: Client,
     bob: Client,
     bob_deliveries: Deliveries,
@@ -184,7 +67,7 @@ struct TwoUsers {
 
 fn two_users(env: &[(&str, &str)]) -> TwoUsers {
     let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), env);
+    let courier = Courier::start(&redis.url(), env);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .connect()
         .expect("alice");
@@ -315,7 +198,7 @@ const QUIET: [(&str, &str); 2] = [
 /// or the script could queue behind it, out of `CLIENT LIST`'s sight.
 async fn write_then_kill_courier(
     redis: &RedisServer,
-    courier: &mut RestartableCourier,
+    courier: &mut Courier,
     inbox_of: u64,
     send: impl FnOnce(),
 ) {
@@ -359,7 +242,7 @@ async fn sends_resolve_on_ack_and_each_message_reaches_the_app_once() {
 #[tokio::test]
 async fn messages_queued_together_go_in_batches_up_to_the_limit() {
     let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), &[]);
+    let courier = Courier::start(&redis.url(), &[]);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .batch_max(100)
         .connect()
@@ -445,7 +328,7 @@ async fn a_redelivery_while_the_app_holds_a_delivery_is_not_handed_over_twice() 
 async fn ack_lost_then_redelivered(outbox: bool) {
     let redis = redis_with_chat();
     let env = [("COURIER_ACK_TIMEOUT_MS", "1000")];
-    let mut courier = RestartableCourier::start(&redis, &env);
+    let mut courier = Courier::start(&redis.url(), &env);
     let url = courier.ws_url();
     let dir = tempfile::tempdir().expect("dir");
     let bob_client = || {
@@ -469,7 +352,7 @@ async fn ack_lost_then_redelivered(outbox: bool) {
     if outbox {
         close(&bob).await;
     }
-    courier.restart();
+    restart(&mut courier);
     if outbox {
         (bob, deliveries) = bob_client();
         events = bob.events();
@@ -495,7 +378,7 @@ async fn seen_ids_in_the_outbox_drop_a_redelivery_after_a_client_restart() {
 #[tokio::test]
 async fn every_acked_message_arrives_once_across_a_courier_sigkill() {
     let redis = redis_with_chat();
-    let mut courier = RestartableCourier::start(&redis, &QUIET);
+    let mut courier = Courier::start(&redis.url(), &QUIET);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .connect()
         .expect("alice");
@@ -520,7 +403,7 @@ async fn every_acked_message_arrives_once_across_a_courier_sigkill() {
     for i in 0..20 {
         sends.push(alice.send(CHAT, format!("after-{i}")));
     }
-    courier.restart();
+    restart(&mut courier);
     for send in sends {
         acked(send).await;
     }
@@ -536,7 +419,7 @@ async fn every_acked_message_arrives_once_across_a_courier_sigkill() {
 #[tokio::test]
 async fn a_token_refused_with_401_is_fetched_again() {
     let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), &[]);
+    let courier = Courier::start(&redis.url(), &[]);
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let (alice, _) = Client::builder(courier.ws_url())
@@ -568,7 +451,7 @@ async fn a_token_refused_with_401_is_fetched_again() {
 #[tokio::test]
 async fn a_fixed_token_refused_with_401_closes_the_client() {
     let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), &[]);
+    let courier = Courier::start(&redis.url(), &[]);
     let expired = token_with(json!({"id": ALICE, "username": "alice", "exp": 1_000_000}));
     let (alice, _) = Client::builder(courier.ws_url())
         .token(expired)
@@ -589,7 +472,7 @@ async fn a_fixed_token_refused_with_401_closes_the_client() {
 #[tokio::test]
 async fn a_token_that_expires_while_open_is_refreshed_after_4001() {
     let redis = redis_with_chat();
-    let courier = support::Courier::start(&redis.url(), &[]);
+    let courier = Courier::start(&redis.url(), &[]);
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let (alice, _) = Client::builder(courier.ws_url())
@@ -635,7 +518,7 @@ async fn a_token_that_expires_while_open_is_refreshed_after_4001() {
 async fn not_a_member_rejects_that_send_and_the_others_go_through() {
     let redis = redis_with_chat();
     redis.create_chat(20, &[BOB, 3]);
-    let courier = support::Courier::start(&redis.url(), &[]);
+    let courier = Courier::start(&redis.url(), &[]);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .connect()
         .expect("alice");
@@ -658,7 +541,7 @@ async fn not_a_member_rejects_that_send_and_the_others_go_through() {
 async fn limits_lower_on_the_server_surface_as_invalid_frame() {
     let redis = redis_with_chat();
     let env = [("COURIER_MAX_TEXT_BYTES", "16"), ("COURIER_BATCH_MAX", "2")];
-    let courier = support::Courier::start(&redis.url(), &env);
+    let courier = Courier::start(&redis.url(), &env);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .connect()
         .expect("alice");
@@ -708,7 +591,7 @@ async fn rate_limited_batches_are_retried_and_written_once() {
         ("COURIER_RATE_LIMIT_BURST", "2"),
         ("COURIER_MAX_CLIENT_ERRORS", "1000"),
     ];
-    let courier = support::Courier::start(&redis.url(), &env);
+    let courier = Courier::start(&redis.url(), &env);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .batch_max(1)
         .backoff(Backoff {
@@ -739,7 +622,7 @@ async fn rate_limited_batches_are_retried_and_written_once() {
 async fn unavailable_is_retried_until_redis_is_back_and_written_once() {
     let mut redis = RedisServer::start_persistent();
     redis.create_chat(CHAT, &[ALICE, BOB]);
-    let courier = support::Courier::start(&redis.url(), &[]);
+    let courier = Courier::start(&redis.url(), &[]);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .connect()
         .expect("alice");
@@ -768,7 +651,7 @@ async fn unavailable_is_retried_until_redis_is_back_and_written_once() {
 #[tokio::test]
 async fn the_outbox_resends_after_a_client_restart_and_delivers_exactly_once() {
     let redis = redis_with_chat();
-    let mut courier = RestartableCourier::start(&redis, &QUIET);
+    let mut courier = Courier::start(&redis.url(), &QUIET);
     let dir = tempfile::tempdir().expect("dir");
     let outbox = dir.path().join("alice.outbox");
     let (_bob, mut deliveries) = client_of(&courier.ws_url(), BOB).connect().expect("bob");
@@ -799,7 +682,7 @@ async fn the_outbox_resends_after_a_client_restart_and_delivers_exactly_once() {
         );
     }
 
-    courier.restart();
+    restart(&mut courier);
     let (alice, _) = client_of(&courier.ws_url(), ALICE)
         .outbox_file(&outbox)
         .connect()

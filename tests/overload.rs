@@ -8,6 +8,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use courier_client::ConnectOptions;
 use serde_json::{Value, json};
 use support::*;
 
@@ -50,8 +51,9 @@ const BURST_WAIT: Duration = Duration::from_secs(120);
 async fn burst(courier: &Courier, senders: u64, batches: i64, size: usize) -> Vec<Value> {
     let mut clients = Vec::new();
     for sender in 1..=senders {
-        let options = ws::ConnectOptions::default().header("token", &token(sender));
-        let client = ws::WsConnection::connect(&courier.ws_url(), &options)
+        let client = ConnectOptions::new(courier.ws_url())
+            .token(token(sender))
+            .connect()
             .await
             .expect("sender connects");
         clients.push((sender, client));
@@ -65,14 +67,11 @@ async fn burst(courier: &Courier, senders: u64, batches: i64, size: usize) -> Ve
     let answers = clients.into_iter().map(|(_, mut client)| async move {
         let mut answers = Vec::new();
         while answers.len() < batches as usize {
-            let frame = tokio::time::timeout(BURST_WAIT, client.next_frame())
+            let text = client
+                .recv_text(BURST_WAIT)
                 .await
-                .expect("a batch is answered")
-                .expect("connection open")
-                .expect("frame");
-            if let ws::Frame::Text(text) = frame {
-                answers.push(serde_json::from_str(text.as_str()).expect("JSON"));
-            }
+                .expect("a batch is answered");
+            answers.push(serde_json::from_str(&text).expect("JSON"));
         }
         answers
     });

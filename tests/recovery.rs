@@ -440,3 +440,55 @@ async fn without_replicated_acks_a_cluster_primary_failover_is_survived_and_its_
     let lost = report.check("cluster, min-replicas 0");
     eprintln!("cluster, min-replicas 0: {lost} acked sends lost over all devices");
 }
+
+#[tokio::test]
+async fn with_a_replica_required_sends_and_publishes_are_acked_only_once_a_replica_has_them() {
+    let primary = RedisNode::options()
+        .args(["--repl-diskless-sync", "no"])
+        .start();
+    let courier = Courier::start(
+        &primary.url(),
+        &[
+            ("COURIER_REDIS_MIN_REPLICAS", "1"),
+            ("COURIER_REDIS_TIMEOUT_MS", "400"),
+            ("COURIER_API_KEY", "test-api-key"),
+        ],
+    );
+    primary.create_chat(10, &[1, 2]);
+    let mut alice = courier.connect(1).await;
+    let publish = async |time_key: u64| {
+        let body = json!({"time_key": time_key,
+            "messages": [{"sender_id": 1, "chat_id": 10, "content_text": "api"}]});
+        http_request(
+            courier.addr,
+            "POST",
+            "/api/v1/messages",
+            &[("Authorization", "Bearer test-api-key")],
+            &body.to_string(),
+        )
+        .await
+        .0
+    };
+
+    // No replica: written on the primary, but not acked.
+    alice.send_batch(7, 1, &[(10, "hi")]).await;
+    let error = alice.expect_error("unavailable").await;
+    assert_eq!(error["time_key"], 7);
+    assert_eq!(publish(8).await, 503);
+
+    let port = primary.port.to_string();
+    let replica = RedisNode::options()
+        .args(["--replicaof", "127.0.0.1", &port])
+        .start();
+    Wait::new("the replica to sync").until_blocking(|| {
+        replica
+            .try_cmd::<String>(&["INFO", "replication"])
+            .is_some_and(|info| info.contains("master_link_status:up"))
+    });
+    // The retries are acked, write nothing twice, and the replica has everything.
+    alice.send_acked(7, 1, &[(10, "hi")]).await;
+    assert_eq!(publish(8).await, 202);
+    alice.send_acked(9, 1, &[(10, "new")]).await;
+    assert_eq!(primary.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 3);
+    assert_eq!(replica.cmd::<u64>(&["XLEN", "inbox:{user:2}"]), 3);
+}

@@ -1,8 +1,8 @@
 //! One simulated client: a WebSocket connection from its own 127.0.0.x source address,
 //! that acks every delivery batch and, when it is a sender, sends batches on schedule.
-//! The connection itself is the kit's transport (`courier_testkit::ws`).
+//! The connection and the frames are `courier-client`'s (`Connection`, `protocol`):
+//! the repository's one copy of the transport and of the wire format.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use courier_testkit::ws::{ConnectError, ConnectOptions, Frame, WsConnection};
-use serde::Deserialize;
+use courier_client::protocol::OutgoingMessage;
+use courier_client::tungstenite::protocol::WebSocketConfig;
+use courier_client::{ClientFrame, CloseCode, ConnectError, ConnectOptions, Connection};
+use courier_client::{Incoming, ServerFrame, TimeKey};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -97,23 +99,6 @@ struct Pending {
     sent_ns: u64,
 }
 
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    time_key: Option<u64>,
-    #[serde(borrow)]
-    messages: Option<Vec<Delivered<'a>>>,
-    #[serde(borrow)]
-    code: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Delivered<'a> {
-    #[serde(borrow)]
-    content_text: Cow<'a, str>,
-}
-
 /// Connects (bounded by the semaphore and the timeout), then serves until stop.
 pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
     let ws = {
@@ -124,17 +109,17 @@ pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
             ctx.connect.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match tokio::time::timeout(ctx.connect_timeout, connect(&spec, &ctx.url)).await {
-            Ok(Ok(ws)) => {
+        match connect(&spec, &ctx.url, ctx.connect_timeout).await {
+            Ok(ws) => {
                 ctx.connect.open.fetch_add(1, Ordering::Relaxed);
                 ws
             }
-            Ok(Err(e)) => return ctx.connect.fail(e.to_string(), ctx.max_connect_failures),
-            Err(_) => {
+            Err(ConnectError::Timeout(_)) => {
                 return ctx
                     .connect
                     .fail("connect timed out".into(), ctx.max_connect_failures);
             }
+            Err(e) => return ctx.connect.fail(e.to_string(), ctx.max_connect_failures),
         }
     };
     let mut ws = ws;
@@ -155,6 +140,11 @@ pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
         match (served, &ctx.storm) {
             (Err(_), Some(storm)) if storms_left > 0 => {
                 storms_left -= 1;
+                // The lost connection's socket is closed before reconnecting: held
+                // during the retries, 19,900 of them and their new attempts would
+                // exceed this process's open-file limit, and the storm would measure
+                // loadgen's EMFILE instead of courier.
+                drop(client);
                 match storm::rejoin(&spec, &ctx, storm).await {
                     Some(again) => ws = again,
                     None => return,
@@ -164,27 +154,38 @@ pub async fn run_client(spec: ClientSpec, ctx: Arc<Ctx>) {
                 if let Err(reason) = served {
                     ctx.tracker.dropped(reason);
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(3), client.ws.close()).await;
+                let _ = client
+                    .ws
+                    .close(CloseCode::Normal, Duration::from_secs(3))
+                    .await;
                 return;
             }
         }
     }
 }
 
-/// Opens one connection as `spec`'s user from its source address, with small
-/// buffers (20,000 of them share one process).
-pub async fn connect(spec: &ClientSpec, url: &str) -> Result<WsConnection, ConnectError> {
-    let options = ConnectOptions {
-        source: Some(spec.source.into()),
-        lean: true,
-        ..ConnectOptions::default()
-    }
-    .header("token", &spec.token);
-    WsConnection::connect(url, &options).await
+/// Opens one connection as `spec`'s user from its source address, within `timeout`,
+/// with small buffers (4 KiB read, no write buffering: 20,000 of them share one
+/// process).
+pub async fn connect(
+    spec: &ClientSpec,
+    url: &str,
+    timeout: Duration,
+) -> Result<Connection, ConnectError> {
+    let lean = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    ConnectOptions::new(url)
+        .token(&spec.token)
+        .local_addr(spec.source.into())
+        .websocket_config(lean)
+        .connect_timeout(timeout)
+        .connect()
+        .await
 }
 
 struct Client {
-    ws: WsConnection,
+    ws: Connection,
     index: usize,
     user: u64,
     sender: Option<(usize, u64)>,
@@ -244,17 +245,14 @@ impl Client {
                         schedule = *schedule_rx.borrow_and_update();
                     }
                 }
-                frame = self.ws.next_frame() => match frame {
-                    Some(Ok(Frame::Text(text))) => self.on_text(text.as_str()).await?,
-                    Some(Ok(Frame::Close(frame))) => {
-                        return Err(match frame {
-                            Some((code, reason)) => format!("closed by courier: {code} {reason}"),
-                            None => "closed by courier".into(),
-                        });
+                incoming = self.ws.next() => match incoming {
+                    Ok(Incoming::Text(text)) => self.on_text(&text).await?,
+                    Ok(Incoming::Binary(_)) => ctx.tracker.error("loadgen_unparsed_frame"),
+                    Ok(Incoming::Closed(Some(close))) => {
+                        return Err(format!("closed by courier: {} {}", close.code, close.reason));
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(format!("socket error: {e}")),
-                    None => return Err("socket closed".into()),
+                    Ok(Incoming::Closed(None)) => return Err("socket closed".into()),
+                    Err(e) => return Err(format!("socket error: {e}")),
                 },
                 _ = sleep_until(wake_at) => {}
             }
@@ -271,35 +269,28 @@ impl Client {
         let sent_ns = tracker.now_ns();
         let time_key = self.next_time_key;
         self.next_time_key += 1;
-        let mut frame = String::with_capacity(64 + ctx.batch * (ctx.text_bytes + 64));
-        let _ = write!(
-            frame,
-            r#"{{"type":"messages","time_key":{time_key},"messages":["#
-        );
-        for i in 0..ctx.batch {
-            if i > 0 {
-                frame.push(',');
-            }
-            let _ = write!(
-                frame,
-                r#"{{"sender_id":{},"chat_id":{chat_id},"content_text":""#,
-                self.user
-            );
-            let start = frame.len();
-            let _ = write!(
-                frame,
-                "t={sent_ns};s={k};q={};r={};",
-                first_seq + i,
-                tracker.run
-            );
-            let written = frame.len() - start;
-            frame.extend(std::iter::repeat_n(
-                'x',
-                ctx.text_bytes.saturating_sub(written),
-            ));
-            frame.push_str("\"}");
-        }
-        frame.push_str("]}");
+        let messages = (0..ctx.batch)
+            .map(|i| {
+                let mut text = String::with_capacity(ctx.text_bytes.max(64));
+                let _ = write!(
+                    text,
+                    "t={sent_ns};s={k};q={};r={};",
+                    first_seq + i,
+                    tracker.run
+                );
+                let padding = ctx.text_bytes.saturating_sub(text.len());
+                text.extend(std::iter::repeat_n('x', padding));
+                OutgoingMessage {
+                    sender_id: self.user,
+                    chat_id,
+                    content_text: text,
+                }
+            })
+            .collect();
+        let frame = ClientFrame::Messages {
+            time_key: TimeKey::from(time_key),
+            messages,
+        };
         self.pending.push_back(Pending {
             time_key,
             first_seq,
@@ -307,39 +298,41 @@ impl Client {
             sent_ns,
         });
         self.ws
-            .send_text(frame)
+            .send(&frame)
             .await
             .map_err(|e| format!("send failed: {e}"))
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), String> {
         let tracker = self.ctx.tracker.clone();
-        let Ok(frame) = serde_json::from_str::<Incoming<'_>>(text) else {
+        let Ok(frame) = ServerFrame::decode(text) else {
             tracker.error("loadgen_unparsed_frame");
             return Ok(());
         };
-        match (frame.kind.as_ref(), frame.time_key) {
-            ("messages", Some(time_key)) => {
-                let messages = frame.messages.unwrap_or_default();
-                tracker.delivered(self.index, messages.iter().map(|m| m.content_text.as_ref()));
-                let ack = format!(r#"{{"type":"ack","time_key":{time_key}}}"#);
+        match frame {
+            ServerFrame::Messages(batch) => {
+                let texts = batch.messages.iter().map(|m| m.content_text.as_str());
+                tracker.delivered(self.index, texts);
+                let ack = ClientFrame::Ack {
+                    time_key: TimeKey::from(batch.time_key),
+                };
                 self.ws
-                    .send_text(ack)
+                    .send(&ack)
                     .await
                     .map_err(|e| format!("ack failed: {e}"))?;
             }
-            ("ack", Some(time_key)) => {
-                if let Some(p) = self.take_pending(time_key) {
+            ServerFrame::Ack { time_key } => {
+                if let Some(p) = time_key.as_u64().and_then(|tk| self.take_pending(tk)) {
                     tracker.acked(self.sender_k(), p.first_seq, p.count, p.sent_ns);
                 }
             }
-            ("error", time_key) => {
-                tracker.error(frame.code.as_deref().unwrap_or("?"));
+            ServerFrame::Error(error) => {
+                tracker.error(error.code.as_str());
+                let time_key = error.time_key.and_then(TimeKey::as_u64);
                 if let Some(p) = time_key.and_then(|tk| self.take_pending(tk)) {
                     tracker.refused(self.sender_k(), p.first_seq, p.count);
                 }
             }
-            _ => tracker.error("loadgen_unexpected_frame"),
         }
         Ok(())
     }

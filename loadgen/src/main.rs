@@ -2,9 +2,10 @@
 //!
 //! 1. Creates one chat per sender directly in Redis (`chat:<id>`: the sender and the
 //!    `fanout` connections after it), a single server or a cluster.
-//! 2. Opens `--connections` WebSocket connections, one user each, bound to source
-//!    addresses 127.0.0.1..N in turn (each has its own ephemeral ports), with its own
-//!    fd limit raised to the hard limit.
+//! 2. Opens `--connections` WebSocket connections (`courier-client`'s `Connection`,
+//!    with small buffers), one user each, bound to source addresses 127.0.0.1..N in
+//!    turn (each has its own ephemeral ports), with its own fd limit raised to the hard
+//!    limit.
 //! 3. Senders send at `--rate` or as fast as `--window` allows for warm-up + duration;
 //!    every delivery batch is acked at once.
 //! 4. After sending stops, waits (at most `--drain` s) until every acked message has

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use courier_testkit::ws::{ConnectError, WsConnection};
+use courier_client::{ConnectError, Connection, Refusal};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -68,7 +68,7 @@ impl StormCounters {
 
 /// Waits for `go`, then reconnects until it works or the storm's deadline; the new
 /// connection, or `None` if the client gave up (or the run ended first).
-pub async fn rejoin(spec: &ClientSpec, ctx: &Ctx, storm: &Storm) -> Option<WsConnection> {
+pub async fn rejoin(spec: &ClientSpec, ctx: &Ctx, storm: &Storm) -> Option<Connection> {
     let mut go = storm.go.clone();
     let mut stop = ctx.stop.clone();
     let go_at = loop {
@@ -86,16 +86,15 @@ pub async fn rejoin(spec: &ClientSpec, ctx: &Ctx, storm: &Storm) -> Option<WsCon
     loop {
         counters.attempts.fetch_add(1, Ordering::Relaxed);
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left.min(ctx.connect_timeout), connect(spec, &ctx.url)).await {
-            Ok(Ok(ws)) => {
+        match connect(spec, &ctx.url, left.min(ctx.connect_timeout)).await {
+            Ok(ws) => {
                 counters.joins.fetch_add(1, Ordering::Relaxed);
                 let us = go_at.elapsed().as_micros() as u64;
                 let mut joins = counters.join_us.lock().unwrap_or_else(|e| e.into_inner());
                 joins.saturating_record(us.max(1));
                 return Some(ws);
             }
-            Ok(Err(e)) => counters.failed(error_kind(&e)),
-            Err(_) => counters.failed("timeout".into()),
+            Err(e) => counters.failed(error_kind(&e)),
         }
         pause_seed = pause_seed
             .wrapping_mul(6364136223846793005)
@@ -113,8 +112,9 @@ pub async fn rejoin(spec: &ClientSpec, ctx: &Ctx, storm: &Storm) -> Option<WsCon
 /// The kind of a failed connection attempt, for the report.
 fn error_kind(error: &ConnectError) -> String {
     match error {
-        ConnectError::Refused { status, .. } => format!("http {status}"),
-        ConnectError::Failed(reason) => {
+        ConnectError::Refused(Refusal { status, .. }) => format!("http {status}"),
+        ConnectError::Timeout(_) => "timeout".into(),
+        ConnectError::InvalidRequest(reason) | ConnectError::Network(reason) => {
             let reason = reason.to_lowercase();
             if reason.contains("connection refused") {
                 "tcp refused".into()
@@ -205,15 +205,16 @@ mod tests {
 
     #[test]
     fn failed_attempts_are_counted_by_kind() {
-        let refused = ConnectError::Refused {
-            status: 503,
-            body: Vec::new(),
-        };
+        let refused = ConnectError::Refused(Refusal::new(503, String::new()));
         assert_eq!(error_kind(&refused), "http 503");
-        let tcp = ConnectError::Failed("connect: Connection refused (os error 111)".into());
+        let tcp =
+            ConnectError::Network("connect 127.0.0.1:80: Connection refused (os error 111)".into());
         assert_eq!(error_kind(&tcp), "tcp refused");
-        let reset = ConnectError::Failed("handshake: Connection reset by peer".into());
+        let reset =
+            ConnectError::Network("IO error: Connection reset by peer (os error 104)".into());
         assert_eq!(error_kind(&reset), "reset");
+        let late = ConnectError::Timeout(Duration::from_secs(10));
+        assert_eq!(error_kind(&late), "timeout");
     }
 
     #[test]

@@ -1,15 +1,21 @@
-//! The test client: courier's JSON protocol over [`WsConnection`], with assertions on
-//! the shape of what comes back. Every receive is bounded by [`WAIT`] and fails the
+//! The test client: courier's JSON protocol over `courier-client`'s [`Connection`]
+//! (the one WebSocket transport and frame codec of the repository), with assertions
+//! on the shape of what comes back. Every receive is bounded by [`WAIT`] and fails the
 //! test with what it was waiting for.
+//!
+//! Replies are returned as [`serde_json::Value`]s, not typed frames: a test asserts
+//! on exactly what courier wrote, extra fields included.
 
+use courier_client::protocol::{MAX_SAFE_TIME_KEY, OutgoingMessage};
+use courier_client::{ClientFrame, CloseCode, ConnectError, ConnectOptions, Connection};
+use courier_client::{ServerFrame, TimeKey};
 use serde_json::{Value, json};
 
 use crate::WAIT;
-use crate::ws::{ConnectError, ConnectOptions, Frame, WsConnection};
 
 /// A WebSocket client speaking the JSON protocol.
 pub struct WsClient {
-    ws: WsConnection,
+    conn: Connection,
 }
 
 /// What came back when the server refused the upgrade.
@@ -33,40 +39,39 @@ impl WsClient {
         header: &str,
         value: &str,
     ) -> Result<Self, Refusal> {
-        let mut options = ConnectOptions::default();
+        let mut options = ConnectOptions::new(url);
         if !header.is_empty() {
             options = options.header(header, value);
         }
-        Self::connect_with(url, &options).await
+        Self::connect_with(options).await
     }
 
-    /// Connects to `url` with these options; a refused upgrade is a [`Refusal`], any
-    /// other failure fails the test.
-    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self, Refusal> {
-        match tokio::time::timeout(WAIT, WsConnection::connect(url, options)).await {
-            Err(_) => panic!("connect to {url} timed out"),
-            Ok(Ok(ws)) => Ok(Self { ws }),
-            Ok(Err(ConnectError::Refused { status, body })) => Err(Refusal {
-                status,
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    /// Connects with these options (the URL is in them, used as given); a refused
+    /// upgrade is a [`Refusal`], any other failure (within [`WAIT`]) fails the test.
+    pub async fn connect_with(options: ConnectOptions) -> Result<Self, Refusal> {
+        match options.connect_timeout(WAIT).connect().await {
+            Ok(conn) => Ok(Self { conn }),
+            Err(ConnectError::Refused(refusal)) => Err(Refusal {
+                status: refusal.status,
+                body: refusal.json(),
             }),
-            Ok(Err(e)) => panic!("connect to {url}: {e}"),
+            Err(e) => panic!("connect: {e}"),
         }
     }
 
     /// Sends a raw text frame.
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send_text(text).await.expect("send frame");
+        self.conn.send_text(text).await.expect("send frame");
     }
 
     /// Sends a ping (a control frame the server must count but not answer in JSON).
     pub async fn send_ping(&mut self) {
-        self.ws.send_ping().await.expect("send ping");
+        self.conn.send_ping(Vec::new()).await.expect("send ping");
     }
 
     /// Sends a text frame whose payload is arbitrary bytes (even invalid UTF-8).
     pub async fn send_raw_text_frame(&mut self, payload: Vec<u8>) {
-        self.ws
+        self.conn
             .send_raw_text_frame(payload)
             .await
             .expect("send raw frame");
@@ -74,7 +79,7 @@ impl WsClient {
 
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
-        self.ws.send_binary(bytes).await.expect("send frame");
+        self.conn.send_binary(bytes).await.expect("send frame");
     }
 
     /// Sends a JSON frame.
@@ -84,12 +89,19 @@ impl WsClient {
 
     /// Sends a batch of `(chat_id, text)` from `sender` with this time key.
     pub async fn send_batch(&mut self, time_key: i64, sender: u64, messages: &[(u64, &str)]) {
-        let messages: Vec<Value> = messages
+        let messages = messages
             .iter()
-            .map(|(chat, text)| json!({"sender_id": sender, "chat_id": chat, "content_text": text}))
+            .map(|&(chat_id, text)| OutgoingMessage {
+                sender_id: sender,
+                chat_id,
+                content_text: text.to_string(),
+            })
             .collect();
-        self.send_json(json!({"type": "messages", "time_key": time_key, "messages": messages}))
-            .await;
+        let frame = ClientFrame::Messages {
+            time_key: TimeKey::from(time_key),
+            messages,
+        };
+        self.conn.send(&frame).await.expect("send batch");
     }
 
     /// Sends a batch and asserts it is acked.
@@ -105,33 +117,28 @@ impl WsClient {
 
     /// The next text frame, parsed (pings and pongs are skipped).
     pub async fn recv_json(&mut self) -> Value {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next_frame())
-                .await
-                .expect("timed out waiting for a frame")
-                .expect("connection ended while waiting for a frame")
-                .expect("websocket error while waiting for a frame");
-            match frame {
-                Frame::Text(text) => {
-                    return serde_json::from_str(text.as_str()).expect("server sent JSON");
-                }
-                Frame::Ping | Frame::Pong => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).expect("server sent JSON")
     }
 
-    /// The next delivery batch; asserts its shape (type, integer time key, non-empty).
+    /// The next text frame as received.
+    async fn recv_text(&mut self) -> String {
+        self.conn
+            .recv_text(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("expected a text frame: {e}"))
+    }
+
+    /// The next delivery batch; asserts its shape (a courier delivery frame, integer
+    /// time key below 2^53, non-empty).
     pub async fn recv_batch(&mut self) -> Delivery {
-        let frame = self.recv_json().await;
-        assert_eq!(
-            frame["type"], "messages",
-            "expected a delivery batch, got {frame}"
-        );
-        let time_key = frame["time_key"]
-            .as_u64()
-            .expect("time_key is a non-negative integer");
-        assert!(time_key < (1 << 53), "time_key below 2^53");
+        let text = self.recv_text().await;
+        let time_key = match ServerFrame::decode(&text) {
+            Ok(ServerFrame::Messages(batch)) => batch.time_key,
+            other => panic!("expected a delivery batch, got {text} ({other:?})"),
+        };
+        assert!(time_key <= MAX_SAFE_TIME_KEY, "time_key below 2^53");
+        let frame: Value = serde_json::from_str(&text).expect("server sent JSON");
         let messages = frame["messages"]
             .as_array()
             .expect("messages array")
@@ -167,8 +174,10 @@ impl WsClient {
 
     /// Acks a delivery batch.
     pub async fn ack(&mut self, time_key: u64) {
-        self.send_json(json!({"type": "ack", "time_key": time_key}))
-            .await;
+        let frame = ClientFrame::Ack {
+            time_key: TimeKey::from(time_key),
+        };
+        self.conn.send(&frame).await.expect("send ack");
     }
 
     /// The next frame, expected to be an error with this code; returns it.
@@ -186,37 +195,26 @@ impl WsClient {
         frame
     }
 
-    /// Waits for the server to close; returns the close code.
+    /// Waits for the server to close (dropping what arrives meanwhile); returns the
+    /// close code, `None` if the connection ended without a close frame.
     pub async fn expect_close(&mut self) -> Option<u16> {
-        loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next_frame())
-                .await
-                .expect("timed out waiting for close");
-            match next {
-                Some(Ok(Frame::Close(frame))) => return frame.map(|(code, _)| code),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
+        let close = self
+            .conn
+            .closed(WAIT)
+            .await
+            .expect("timed out waiting for close");
+        close.map(|c| c.code.as_u16())
     }
 
     /// Reads (and drops) whatever arrives until the connection ends; true if it
     /// ended within [`WAIT`].
     pub async fn read_until_end(&mut self) -> bool {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next_frame()).await {
-                Err(_) => return false,
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Frame::Close(_)))) => return true,
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
+        self.conn.closed(WAIT).await.is_ok()
     }
 
     /// Closes normally (1000) and waits for the server's side of the handshake.
     pub async fn close(mut self) {
-        let _ = self.ws.close().await;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next_frame()).await {}
+        let _ = self.conn.close(CloseCode::Normal, WAIT).await;
     }
 }
 

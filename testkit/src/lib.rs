@@ -14,8 +14,8 @@
 //! - [`Courier`]: a courier process on a free port, with its log file; stopped,
 //!   killed and started again on the same port.
 //! - [`token`], [`sign`]: HS256 tokens; [`WsClient`]: the protocol-speaking test
-//!   client over [`ws::WsConnection`], the one WebSocket transport of the kit and the
-//!   load generator.
+//!   client over `courier-client`'s `Connection`, the one WebSocket transport and
+//!   frame codec of the kit, the load generator and the SDK.
 //! - [`wait_for`]: awaiting what no frame announces, always with a timeout and a
 //!   message saying what did not happen.
 //!
@@ -31,7 +31,6 @@ pub mod process;
 mod redis;
 mod token;
 mod wait;
-pub mod ws;
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use courier_testkit::ws::{ConnectOptions, Frame, WsConnection};
+use courier_client::{CloseCode, ConnectOptions};
 use courier_testkit::{Courier, Fixtures, RedisNode, expiry, sign};
 use serde_json::json;
 
@@ -184,24 +184,19 @@ fn send_one_batch(courier: &Courier, secret: &str, batch: usize) -> Result<(), S
         serde_json::Value::from(messages)
     );
     runtime.block_on(async {
-        let options = ConnectOptions::default().header("token", &token);
-        let mut ws = WsConnection::connect(&courier.ws_url(), &options)
+        let mut ws = ConnectOptions::new(courier.ws_url())
+            .token(token)
+            .connect()
             .await
             .map_err(|e| format!("connect to courier: {e}"))?;
-        ws.send_text(frame).await?;
-        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match ws.next_frame().await {
-                    Some(Ok(Frame::Text(text))) => return Ok(text.as_str().to_string()),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(e),
-                    None => return Err("courier closed the connection".to_string()),
-                }
-            }
-        })
-        .await
-        .map_err(|_| "courier did not answer the captured batch".to_string())??;
-        let _ = ws.close().await;
+        ws.send_text(frame)
+            .await
+            .map_err(|e| format!("send the captured batch: {e}"))?;
+        let answer = ws
+            .recv_text(Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("courier did not answer the captured batch: {e}"))?;
+        let _ = ws.close(CloseCode::Normal, Duration::from_secs(3)).await;
         if answer.contains(r#""type":"ack""#) {
             Ok(())
         } else {
