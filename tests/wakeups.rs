@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::*;
@@ -117,43 +117,64 @@ async fn an_entry_whose_wake_up_was_lost_with_the_pubsub_connection_is_delivered
     assert_eq!(texts(&bob.recv_batch().await.messages), ["after"]);
 }
 
-/// A TCP proxy in front of one Redis that, once armed, passes the next
-/// `XREADGROUP … >` on to Redis and, when Redis's reply comes back, drops that
-/// connection instead of passing the reply on: Redis executed the read (the entries
-/// are pending on the reader's consumer), the reader never hears of it.
-struct ReplyCutter {
+/// A TCP proxy in front of one Redis that injects two faults. Once armed with
+/// [`Proxy::cut_next_read`], it passes the next `XREADGROUP … >` on to Redis and,
+/// when Redis's reply comes back, drops that connection instead of passing the reply
+/// on: Redis executed the read (the entries are pending on the reader's consumer),
+/// the reader never hears of it. [`Proxy::freeze_subscribers`] makes the connections
+/// open so far that subscribed go silent both ways, sockets left open: a half-dead
+/// pub/sub connection.
+struct Proxy {
     addr: SocketAddr,
-    armed: Arc<AtomicBool>,
-    cut: Arc<AtomicBool>,
+    cut: Arc<Fault>,
 }
 
-impl ReplyCutter {
+#[derive(Default)]
+struct Fault {
+    /// The next new-entries read is to be cut.
+    armed: AtomicBool,
+    /// A read's reply was cut.
+    done: AtomicBool,
+    /// Connections numbered below this that subscribed are frozen.
+    frozen_below: AtomicU64,
+    next_connection: AtomicU64,
+}
+
+impl Proxy {
     async fn start(upstream: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let armed = Arc::new(AtomicBool::new(false));
-        let cut = Arc::new(AtomicBool::new(false));
-        let (armed_, cut_) = (armed.clone(), cut.clone());
+        let cut = Arc::new(Fault::default());
+        let fault = cut.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                tokio::spawn(Self::pipe(client, server, armed_.clone(), cut_.clone()));
+                let number = fault.next_connection.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(Self::pipe(client, server, number, fault.clone()));
             }
         });
-        Self { addr, armed, cut }
+        Self { addr, cut }
     }
 
-    async fn pipe(
-        client: TcpStream,
-        server: TcpStream,
-        armed: Arc<AtomicBool>,
-        cut: Arc<AtomicBool>,
-    ) {
+    fn cut_next_read(&self) {
+        self.cut.armed.store(true, Ordering::SeqCst);
+    }
+
+    fn freeze_subscribers(&self) {
+        let next = self.cut.next_connection.load(Ordering::SeqCst);
+        self.cut.frozen_below.store(next, Ordering::SeqCst);
+    }
+
+    async fn pipe(client: TcpStream, server: TcpStream, number: u64, fault: Arc<Fault>) {
         let (mut from_client, mut to_client) = client.into_split();
         let (mut from_server, mut to_server) = server.into_split();
         let cutting = AtomicBool::new(false);
+        let subscriber = AtomicBool::new(false);
+        let frozen = || {
+            subscriber.load(Ordering::SeqCst) && number < fault.frozen_below.load(Ordering::SeqCst)
+        };
         let up = async {
             let mut buf = vec![0; 64 * 1024];
             loop {
@@ -162,8 +183,14 @@ impl ReplyCutter {
                     Ok(n) => n,
                 };
                 let chunk = &buf[..n];
+                if contains(chunk, b"SUBSCRIBE") {
+                    subscriber.store(true, Ordering::SeqCst);
+                }
+                if frozen() {
+                    continue;
+                }
                 let new_read = contains(chunk, b"XREADGROUP") && contains(chunk, b"$1\r\n>\r\n");
-                if new_read && armed.swap(false, Ordering::SeqCst) {
+                if new_read && fault.armed.swap(false, Ordering::SeqCst) {
                     cutting.store(true, Ordering::SeqCst);
                 }
                 if to_server.write_all(chunk).await.is_err() {
@@ -179,8 +206,11 @@ impl ReplyCutter {
                     Ok(n) => n,
                 };
                 if cutting.load(Ordering::SeqCst) {
-                    cut.store(true, Ordering::SeqCst);
+                    fault.done.store(true, Ordering::SeqCst);
                     return;
+                }
+                if frozen() {
+                    continue;
                 }
                 if to_client.write_all(&buf[..n]).await.is_err() {
                     return;
@@ -202,14 +232,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[tokio::test]
 async fn a_read_whose_reply_was_lost_delivers_its_entries_at_once_not_after_the_ack_timeout() {
     let redis = RedisNode::start();
-    let proxy = ReplyCutter::start(redis.addr()).await;
+    let proxy = Proxy::start(redis.addr()).await;
     let courier = Courier::start(
         &format!("redis://{}", proxy.addr),
         &[("COURIER_ACK_TIMEOUT_MS", "600000")],
     );
     let mut bob = courier.connect(2).await;
 
-    proxy.armed.store(true, Ordering::SeqCst);
+    proxy.cut_next_read();
     let _: String = redis.cmd(&[
         "XADD",
         "inbox:{user:2}",
@@ -230,7 +260,10 @@ async fn a_read_whose_reply_was_lost_delivers_its_entries_at_once_not_after_the_
     // (10 minutes): the next read goes to the consumer's own pending entries.
     let batch = bob.recv_batch().await;
     assert_eq!(texts(&batch.messages), ["read twice"]);
-    assert!(proxy.cut.load(Ordering::SeqCst), "the read's reply was cut");
+    assert!(
+        proxy.cut.done.load(Ordering::SeqCst),
+        "the read's reply was cut"
+    );
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg("inbox:{user:2}")
         .arg("default")
@@ -246,4 +279,45 @@ async fn a_read_whose_reply_was_lost_delivers_its_entries_at_once_not_after_the_
     );
     bob.ack(batch.time_key).await;
     wait_for("the ack to land", async || redis.pending(2, "default") == 0).await;
+}
+
+#[tokio::test]
+async fn a_pubsub_connection_that_goes_silent_is_found_by_its_ping_and_replaced() {
+    let redis = RedisNode::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let courier = Courier::start(
+        &format!("redis://{}", proxy.addr),
+        &[("COURIER_REDIS_TIMEOUT_MS", "500")],
+    );
+    let mut bob = courier.connect(2).await;
+
+    // The subscription goes silent without a word: its wake-up never arrives.
+    proxy.freeze_subscribers();
+    let _: String = redis.cmd(&[
+        "XADD",
+        "inbox:{user:2}",
+        "*",
+        "id",
+        "8",
+        "sender_id",
+        "1",
+        "chat_id",
+        "10",
+        "content_text",
+        "announced into the void",
+    ]);
+    let _: u64 = redis.cmd(&["PUBLISH", "notify:{user:2}", ""]);
+
+    // Within a PING interval (5 s) and its timeout, courier replaces the connection,
+    // subscribes again and wakes bob, whose read delivers the entry.
+    Wait::new("the silent pub/sub connection to be replaced and bob woken")
+        .within(Duration::from_secs(30))
+        .until(async || redis.pending(2, "default") == 1)
+        .await;
+    let batch = bob.recv_batch().await;
+    assert_eq!(texts(&batch.messages), ["announced into the void"]);
+    assert!(
+        courier.log_text().contains("did not answer PING"),
+        "found by the PING"
+    );
 }

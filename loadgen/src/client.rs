@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use courier_client::protocol::OutgoingMessage;
+use courier_client::protocol::{OutgoingMessage, ServerFrameRef};
 use courier_client::tungstenite::protocol::WebSocketConfig;
 use courier_client::{ClientFrame, CloseCode, ConnectError, ConnectOptions, Connection};
-use courier_client::{Incoming, ServerFrame, TimeKey};
+use courier_client::{Incoming, TimeKey};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -305,28 +305,29 @@ impl Client {
 
     async fn on_text(&mut self, text: &str) -> Result<(), String> {
         let tracker = self.ctx.tracker.clone();
-        let Ok(frame) = ServerFrame::decode(text) else {
+        // Borrowed: the delivered texts are read in place, not copied.
+        let Ok(frame) = ServerFrameRef::decode(text) else {
             tracker.error("loadgen_unparsed_frame");
             return Ok(());
         };
         match frame {
-            ServerFrame::Messages(batch) => {
-                let texts = batch.messages.iter().map(|m| m.content_text.as_str());
+            ServerFrameRef::Messages { time_key, messages } => {
+                let texts = messages.iter().map(|m| m.content_text.as_ref());
                 tracker.delivered(self.index, texts);
                 let ack = ClientFrame::Ack {
-                    time_key: TimeKey::from(batch.time_key),
+                    time_key: TimeKey::from(time_key),
                 };
                 self.ws
                     .send(&ack)
                     .await
                     .map_err(|e| format!("ack failed: {e}"))?;
             }
-            ServerFrame::Ack { time_key } => {
+            ServerFrameRef::Ack { time_key } => {
                 if let Some(p) = time_key.as_u64().and_then(|tk| self.take_pending(tk)) {
                     tracker.acked(self.sender_k(), p.first_seq, p.count, p.sent_ns);
                 }
             }
-            ServerFrame::Error(error) => {
+            ServerFrameRef::Error(error) => {
                 tracker.error(error.code.as_str());
                 let time_key = error.time_key.and_then(TimeKey::as_u64);
                 if let Some(p) = time_key.and_then(|tk| self.take_pending(tk)) {
