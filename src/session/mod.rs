@@ -565,3 +565,38 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EntryBody;
+
+    fn entries(count: usize) -> Vec<StreamEntry> {
+        (1..=count)
+            .map(|n| StreamEntry {
+                stream_id: format!("{n}-0"),
+                body: EntryBody::Trimmed,
+                deliveries: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn after_the_joins_first_batch_reading_goes_on_only_where_more_may_wait() {
+        // A full batch of claimed history: more history after its last entry.
+        let first = FirstRead::new(5, entries(3), 3);
+        assert_eq!(
+            (first.history_after.as_deref(), first.more),
+            (Some("3-0"), true)
+        );
+        // All the claimed history: new entries were not read yet.
+        let first = FirstRead::new(2, entries(2), 3);
+        assert_eq!((first.history_after, first.more), (None, true));
+        // New entries, a full batch: more may wait.
+        let first = FirstRead::new(0, entries(3), 3);
+        assert_eq!((first.history_after, first.more), (None, true));
+        // New entries, fewer than a batch: nothing until a wake-up.
+        let first = FirstRead::new(0, entries(1), 3);
+        assert_eq!((first.history_after, first.more), (None, false));
+    }
+}
