@@ -101,6 +101,46 @@ async fn read_everything(reader: &mut WsClient, count: usize) -> (Vec<u64>, Vec<
     (seen, others)
 }
 
+/// [`read_everything`], for a reader that also sends: on its first delivery it sends
+/// `batches` batches of its own at once (to its chat `100 + READER`: itself and the
+/// silent users), which then queue behind the burst's. Its acks must still be read
+/// meanwhile. Returns the ids, the answers to its batches, and every other frame.
+async fn read_and_send(
+    reader: &mut WsClient,
+    count: usize,
+    batches: i64,
+) -> (Vec<u64>, Vec<Value>, Vec<Value>) {
+    let mut seen = Vec::new();
+    let mut answers = Vec::new();
+    let mut others = Vec::new();
+    let mut sent = false;
+    while seen.len() < count || answers.len() < batches as usize {
+        let frame = reader.recv_json().await;
+        if frame["type"] != "messages" {
+            let own = frame["time_key"]
+                .as_i64()
+                .is_some_and(|tk| (1..=batches).contains(&tk));
+            if own {
+                answers.push(frame)
+            } else {
+                others.push(frame)
+            }
+            continue;
+        }
+        reader
+            .ack(frame["time_key"].as_u64().expect("integer time_key"))
+            .await;
+        seen.extend(ids(frame["messages"].as_array().expect("messages")));
+        if !sent {
+            sent = true;
+            for time_key in 1..=batches {
+                reader.send_json(batch(READER, time_key, 20)).await;
+            }
+        }
+    }
+    (seen, answers, others)
+}
+
 /// A counter of courier's `/metrics` (0 when it has not been counted yet).
 async fn counter(courier: &Courier, name: &str) -> f64 {
     let (_, text) = http_get(courier.addr, "/metrics").await;
@@ -172,14 +212,23 @@ async fn a_client_that_acks_at_once_gets_nothing_again_while_sends_queue_past_th
     let senders = 300;
     let batches = 2;
     create_chats(&redis, senders);
+    let mut members = vec![READER];
+    members.extend(SILENT);
+    redis.create_chat(100 + READER, &members);
     let mut reader = courier.connect(READER).await;
 
+    // The reader sends too, a window of 4 batches: while they wait behind the burst,
+    // its socket must still be read, or its acks wait with them.
     let total = (senders as usize) * (batches as usize) * 20;
-    let (answers, (seen, others)) = tokio::join!(
+    let (answers, (seen, own, others)) = tokio::join!(
         burst(&courier, senders, batches, 20),
-        read_everything(&mut reader, total)
+        read_and_send(&mut reader, total, 4)
     );
-    let refused: Vec<&Value> = answers.iter().filter(|a| a["type"] != "ack").collect();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .chain(&own)
+        .filter(|a| a["type"] != "ack")
+        .collect();
     assert!(refused.is_empty(), "every batch acked: {refused:?}");
     assert!(
         others.is_empty(),

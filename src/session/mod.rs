@@ -480,7 +480,7 @@ impl Session {
             }
             Ok(ClientFrame::Send(batch)) => {
                 metrics.frame_in("messages");
-                self.on_send(batch);
+                self.on_send(batch, text.len());
                 Ok(())
             }
             Ok(ClientFrame::Ack(time_key)) => {

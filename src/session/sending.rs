@@ -9,10 +9,10 @@
 //! (`store/gate.rs`) under overload. (A task, not a future the session polls: a
 //! write handed its turn must not wait for the session to come back from a read
 //! that waits for a turn too — with every turn taken that way, nothing would move.)
-//! At most
-//! [`SEND_QUEUE`] batches per connection are accepted and not yet answered; while
-//! that many are, the session reads nothing more from the socket, so TCP pushes back
-//! on the sender instead of courier refusing its batches.
+//! At most [`SEND_QUEUE`] batches (and [`SEND_QUEUE_BYTES`] of frames) per connection
+//! are accepted and not yet answered; while that many are, the session reads nothing
+//! more from the socket, so TCP pushes back on the sender instead of courier refusing
+//! its batches.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -27,30 +27,41 @@ use crate::publish::PublishError;
 use crate::store::SendOutcome;
 
 /// Batches of one connection accepted and not yet answered (the one being written
-/// included). A client whose window is at most this is never slowed down by TCP:
-/// its acks and its own frames keep flowing. Bigger windows gain nothing under
-/// overload but memory held in courier: the writes are the bottleneck.
-pub(super) const SEND_QUEUE: usize = 4;
+/// included). A client with fewer batches unanswered at a time (its window) never
+/// has its socket left unread: its acks keep flowing while its sends wait their
+/// turn, however long that is. (With a bound equal to a client's window, its acks
+/// waited behind its sends, past the ack timeout under overload: BENCHMARKS.md,
+/// "Overload (issue 12)".) Bigger windows gain nothing under overload: the writes
+/// are the bottleneck.
+pub(super) const SEND_QUEUE: usize = 16;
+
+/// Bytes of the frames of one connection's batches accepted and not yet answered:
+/// big batches are held back sooner (a maximal frame fills it alone).
+pub(super) const SEND_QUEUE_BYTES: usize = 1 << 20;
 
 /// A batch's `time_key` and what became of it.
 pub(super) type Written = (TimeKey, Result<SendOutcome, PublishError>);
 
-/// A batch being written, and its `time_key` (for an answer should the task fail).
-type Writing = (TimeKey, JoinHandle<Written>);
+/// A batch being written, its `time_key` (for an answer should the task fail) and
+/// its frame's size.
+type Writing = (TimeKey, usize, JoinHandle<Written>);
 
 /// A connection's batches between their frame and their answer.
 #[derive(Default)]
 pub(super) struct Sends {
     /// The batch being written, if any.
     writing: Option<Writing>,
-    /// Batches waiting for it, oldest first.
-    queued: VecDeque<SendBatch>,
+    /// Batches waiting for it, oldest first, with their frames' sizes.
+    queued: VecDeque<(SendBatch, usize)>,
+    /// The frames' sizes of every batch here.
+    bytes: usize,
 }
 
 impl Sends {
     /// Whether another batch may be accepted (and so another frame read).
     pub fn has_room(&self) -> bool {
         usize::from(self.writing.is_some()) + self.queued.len() < SEND_QUEUE
+            && self.bytes < SEND_QUEUE_BYTES
     }
 
     /// Whether a batch is being written.
@@ -61,7 +72,7 @@ impl Sends {
     /// Waits for the batch being written (forever when none is). Cancel-safe: the
     /// write goes on where it was at the next call.
     pub async fn written(&mut self) -> Written {
-        let Some((time_key, task)) = self.writing.as_mut() else {
+        let Some((time_key, _, task)) = self.writing.as_mut() else {
             return std::future::pending().await;
         };
         let written = task.await.unwrap_or_else(|e| {
@@ -72,19 +83,22 @@ impl Sends {
                 Err(PublishError::Refused(error.with_time_key(*time_key))),
             )
         });
-        self.writing = None;
+        if let Some((_, size, _)) = self.writing.take() {
+            self.bytes -= size;
+        }
         written
     }
 }
 
 impl Session {
     /// A client batch: written at once if no other batch of this connection is,
-    /// otherwise queued behind them.
-    pub(super) fn on_send(&mut self, batch: SendBatch) {
+    /// otherwise queued behind them. `size` is its frame's.
+    pub(super) fn on_send(&mut self, batch: SendBatch, size: usize) {
+        self.sends.bytes += size;
         if self.sends.busy() {
-            self.sends.queued.push_back(batch);
+            self.sends.queued.push_back((batch, size));
         } else {
-            self.sends.writing = Some(self.write(batch));
+            self.sends.writing = Some(self.write(batch, size));
         }
     }
 
@@ -94,8 +108,8 @@ impl Session {
         time_key: TimeKey,
         outcome: Result<SendOutcome, PublishError>,
     ) -> Result<(), Ending> {
-        if let Some(next) = self.sends.queued.pop_front() {
-            self.sends.writing = Some(self.write(next));
+        if let Some((next, size)) = self.sends.queued.pop_front() {
+            self.sends.writing = Some(self.write(next, size));
         }
         match outcome {
             Ok(_) => self.send_frame(&ServerFrame::Ack { time_key }),
@@ -119,7 +133,7 @@ impl Session {
     /// Starts the write of one batch; its trace links to the connection's span. A
     /// write whose connection ends meanwhile still runs to its end (the client,
     /// unanswered, sends the batch again: the dedup record absorbs it).
-    fn write(&self, batch: SendBatch) -> Writing {
+    fn write(&self, batch: SendBatch, size: usize) -> Writing {
         let node: Arc<Node> = self.node.clone();
         let span = self.span.clone();
         let sender = self.claims.id;
@@ -128,6 +142,6 @@ impl Session {
             let outcome = node.publisher.publish(sender, batch, Some(&span)).await;
             (time_key, outcome)
         });
-        (time_key, task)
+        (time_key, size, task)
     }
 }
