@@ -221,8 +221,8 @@ pub struct Config {
 
     /// Redis commands one instance keeps in flight at once (per command connection);
     /// more wait in courier for their turn, acks first, without their timeout
-    /// running. Defaults to 128.
-    #[arg(long, env = "COURIER_REDIS_MAX_INFLIGHT", default_value_t = 128,
+    /// running. Defaults to 1024.
+    #[arg(long, env = "COURIER_REDIS_MAX_INFLIGHT", default_value_t = 1024,
           value_parser = size(1..=65_536))]
     pub redis_max_inflight: usize,
 
