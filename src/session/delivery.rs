@@ -16,14 +16,14 @@ use crate::telemetry;
 const READ_RETRY_CEILING: Duration = Duration::from_secs(5);
 
 /// How long to wait before reading again after `failures` failed reads in a row:
-/// 250 ms doubling up to `ceiling`, each made 50–100 % of that at random, so that
+/// 250 ms doubling up to [`READ_RETRY_CEILING`], each made 50–100 % of that at random, so that
 /// after an outage the connections of an instance do not all come back to Redis at
 /// the same instant. (A wake-up is lost if the read it caused fails, e.g. the read
 /// right after Redis came back: this retry delivers it.)
-fn read_retry_delay(failures: u32, ceiling: Duration) -> Duration {
+fn read_retry_delay(failures: u32) -> Duration {
     let base = Duration::from_millis(250)
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(ceiling);
+        .min(READ_RETRY_CEILING);
     let jitter = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() % 1000);
@@ -54,7 +54,7 @@ impl Session {
                 }
                 Err(e) => {
                     let failures = self.read_retry.map_or(0, |(_, failures)| failures) + 1;
-                    let delay = read_retry_delay(failures, READ_RETRY_CEILING);
+                    let delay = read_retry_delay(failures);
                     warn!(error = %e, ?delay, "inbox read failed; retrying");
                     self.read_retry = Some((tokio::time::Instant::now() + delay, failures));
                     self.recover_own_pending();
@@ -302,7 +302,6 @@ mod tests {
 
     #[test]
     fn read_retries_back_off_from_a_quarter_second_to_the_ceiling_with_jitter() {
-        let ceiling = Duration::from_secs(5);
         for (failures, full) in [
             (1, 250),
             (2, 500),
@@ -312,7 +311,7 @@ mod tests {
             (40, 5000),
         ] {
             let full = Duration::from_millis(full);
-            let delay = read_retry_delay(failures, ceiling);
+            let delay = read_retry_delay(failures);
             assert!(
                 delay >= full / 2 && delay <= full,
                 "{failures} failures: {delay:?} not within [{:?}, {full:?}]",
