@@ -18,6 +18,7 @@ pub enum Scenario {
     IdleCost,
     ConnectStorm,
     Memory,
+    LatencySweep,
 }
 
 /// What the help says about the scenarios.
@@ -49,6 +50,10 @@ Scenarios (default: throughput latency idle), each bounded in time:
                 joins/s from the first to the last join, failed attempts by kind (HTTP
                 503/429, refused, timeout), Redis commands per join
 
+  latency-sweep the latency load at 500 -> 1,000 -> 1,500 -> 2,000 -> 2,500 -> 3,000
+                sends/s (5,000 -> 30,000 delivered msgs/s), 1,000 connections, fan-out
+                10: send->deliver p50/p99 along the load, where the tail leaves the
+                target and where it collapses (--quick: 1,000 and 2,000 sends/s)
   memory        Redis memory under steady traffic for several retention windows: 1,000
                 connections, fan-out 10, 500 sends/s of one message (5,000 delivered
                 msgs/s) for 60 s with courier's history, dedup window and legacy
@@ -159,7 +164,7 @@ impl Settings {
             }
             Scenario::Latency => {
                 let mut a = args(&["--connections", "1000"]);
-                a.extend(steady_load());
+                a.extend(steady_load(STEADY_SENDS_PER_S));
                 a.extend(timing(self.duration));
                 vec![plain("latency".into(), a)]
             }
@@ -201,7 +206,7 @@ impl Settings {
                             n
                         };
                         let mut a = vec!["--connections".to_string(), n.to_string()];
-                        a.extend(steady_load());
+                        a.extend(steady_load(STEADY_SENDS_PER_S));
                         a.extend(args(&["--connect-concurrency", "128"]));
                         a.extend(timing(half));
                         plain(format!("conns-{n}"), a)
@@ -229,6 +234,22 @@ impl Settings {
             .flat_map(|s| self.runs(s))
             .collect(),
             Scenario::Overload => self.overload(),
+            Scenario::LatencySweep => {
+                let rates: &[u32] = if self.quick {
+                    &[1000, 2000]
+                } else {
+                    &[500, 1000, 1500, 2000, 2500, 3000]
+                };
+                rates
+                    .iter()
+                    .map(|rate| {
+                        let mut a = args(&["--connections", "1000"]);
+                        a.extend(steady_load(*rate));
+                        a.extend(timing(half));
+                        plain(format!("latency-{}", rate * 10), a)
+                    })
+                    .collect()
+            }
             Scenario::IdleCost => {
                 let n = self.edge_connections;
                 let hold = if self.quick { 5.0 } else { 60.0 };
@@ -328,19 +349,15 @@ impl Settings {
     }
 }
 
-/// 100 senders at a steady 2,000 sends/s of one message, fan-out 10: 20,000
-/// delivered msgs/s (`latency`, `conns`).
-fn steady_load() -> Vec<String> {
-    args(&[
-        "--fanout",
-        "10",
-        "--senders",
-        "100",
-        "--rate",
-        "2000",
-        "--batch",
-        "1",
-    ])
+/// The steady 20,000 delivered msgs/s of `latency` and `conns`.
+const STEADY_SENDS_PER_S: u32 = 2000;
+
+/// 100 senders at a steady `rate` sends/s of one message, fan-out 10: ten times
+/// `rate` delivered msgs/s.
+fn steady_load(rate: u32) -> Vec<String> {
+    let mut a = args(&["--fanout", "10", "--senders", "100", "--batch", "1"]);
+    a.extend(["--rate".into(), rate.to_string()]);
+    a
 }
 
 /// Holding `n` idle connections for `hold` seconds.
@@ -408,6 +425,25 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("--duration 20 --drain 60"), "{joined}");
+    }
+
+    #[test]
+    fn the_latency_sweep_names_each_point_by_its_delivered_rate() {
+        let runs = settings(false).runs(Scenario::LatencySweep);
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "latency-5000",
+                "latency-10000",
+                "latency-15000",
+                "latency-20000",
+                "latency-25000",
+                "latency-30000"
+            ]
+        );
+        let joined = runs[0].args.join(" ");
+        assert!(joined.contains("--rate 500"), "{joined}");
     }
 
     #[test]
