@@ -160,11 +160,9 @@ impl TimedConnection {
         };
         self.metrics.redis_wait(lane.name(), arrived.elapsed());
         let started = Instant::now();
-        let result = request(&mut self.inner).await;
+        let result = gate::in_flight(permit, request(&mut self.inner)).await;
         self.metrics
             .redis(self.operation, started.elapsed(), result.is_ok());
-        // Before the permit goes to the next command, so that it is refused too if
-        // Redis was just found down.
         if self.gate.observe(Health::of(&result)) {
             let gate = self.gate.clone();
             let conn = self.inner.clone();
@@ -176,7 +174,6 @@ impl TimedConnection {
                 .await;
             });
         }
-        drop(permit);
         result
     }
 }
