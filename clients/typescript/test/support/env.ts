@@ -6,7 +6,7 @@
 
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { within } from './util.js';
@@ -17,6 +17,9 @@ export const repoRoot = (() => {
   while (!existsSync(join(dir, 'Cargo.toml'))) dir = dirname(dir);
   return dir;
 })();
+
+/** Where cargo put the debug builds: `CARGO_TARGET_DIR` (relative to the root) or `target/`. */
+const debugDir = join(resolve(repoRoot, process.env.CARGO_TARGET_DIR ?? 'target'), 'debug');
 
 interface Ready {
   ws: string;
@@ -46,8 +49,8 @@ export class TestEnv {
 
   /** Starts Redis and courier; `env` adds courier settings (e.g. COURIER_ACK_TIMEOUT_MS). */
   static async start(env: Record<string, string | number> = {}): Promise<TestEnv> {
-    const binary = process.env.COURIER_TESTENV ?? join(repoRoot, 'target', 'debug', 'courier-testenv');
-    const args = ['--courier-bin', join(repoRoot, 'target', 'debug', 'courier')];
+    const binary = process.env.COURIER_TESTENV ?? join(debugDir, 'courier-testenv');
+    const args = ['--courier-bin', join(debugDir, 'courier')];
     for (const [key, value] of Object.entries(env)) args.push('--env', `${key}=${value}`);
     if (!existsSync(binary)) {
       throw new Error(`${binary} is not built: cargo build -p courier-testkit --bin courier-testenv`);
