@@ -62,11 +62,7 @@ impl SentinelSetup {
                 &port,
             ])
             .start();
-        Wait::new("the replica to sync").until_blocking(|| {
-            replica
-                .try_cmd::<String>(&["INFO", "replication"])
-                .is_some_and(|info| info.contains("master_link_status:up"))
-        });
+        replica.wait_for_primary_link();
         let config = format!(
             "sentinel monitor main 127.0.0.1 {port} 2\n\
              sentinel down-after-milliseconds main 1000\n\
@@ -480,11 +476,7 @@ async fn with_a_replica_required_sends_and_publishes_are_acked_only_once_a_repli
     let replica = RedisNode::options()
         .args(["--replicaof", "127.0.0.1", &port])
         .start();
-    Wait::new("the replica to sync").until_blocking(|| {
-        replica
-            .try_cmd::<String>(&["INFO", "replication"])
-            .is_some_and(|info| info.contains("master_link_status:up"))
-    });
+    replica.wait_for_primary_link();
     // The retries are acked, write nothing twice, and the replica has everything.
     alice.send_acked(7, 1, &[(10, "hi")]).await;
     assert_eq!(publish(8).await, 202);

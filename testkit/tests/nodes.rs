@@ -27,11 +27,7 @@ fn a_primary_with_a_replica_and_three_sentinels_starts_from_node_options() {
     let replica = RedisNode::options()
         .args(["--replicaof", "127.0.0.1", &port])
         .start();
-    Wait::new("the replica to sync").until_blocking(|| {
-        replica
-            .try_cmd::<String>(&["INFO", "replication"])
-            .is_some_and(|info| info.contains("master_link_status:up"))
-    });
+    replica.wait_for_primary_link();
     let config = format!(
         "sentinel monitor main 127.0.0.1 {port} 2\nsentinel down-after-milliseconds main 1000\n"
     );

@@ -320,6 +320,15 @@ impl RedisNode {
         self.cmd(&["CLUSTER", "MYID"])
     }
 
+    /// Waits until this replica's link to its primary is up (`master_link_status:up`:
+    /// the initial sync is done and writes stream to it).
+    pub fn wait_for_primary_link(&self) {
+        Wait::new("the replica to sync").until_blocking(|| {
+            self.try_cmd::<String>(&["INFO", "replication"])
+                .is_some_and(|info| info.contains("master_link_status:up"))
+        });
+    }
+
     /// Whether the node answers and is a primary.
     pub fn is_primary(&self) -> bool {
         self.try_cmd::<Vec<redis::Value>>(&["ROLE"])
