@@ -32,7 +32,7 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
@@ -272,7 +272,10 @@ impl Gate {
 /// (rarely) the connection's queue had room again — or completes, whichever is first.
 /// What wakes the task gives the permit back at once, on the thread that completed
 /// the reply, so the bound counts commands Redis has yet to answer rather than tasks
-/// yet to run.
+/// yet to run. (So a command handed a permit by a reply that says Redis went down may
+/// be sent before that reply is observed; it then fails on its own, `unavailable`
+/// too. A request dropped unanswered keeps its permit until its waker is dropped —
+/// at the latest when its reply, or the connection's end, completes it.)
 pub async fn in_flight<F: Future>(permit: Permit, request: F) -> F::Output {
     let holder = Arc::new(PermitHolder {
         permit: Mutex::new(Some(permit)),
@@ -300,11 +303,13 @@ struct PermitHolder {
 }
 
 impl PermitHolder {
+    /// Gives the permit back (once; later calls find it gone).
     fn release(&self) {
-        let permit = match self.permit.lock() {
-            Ok(mut permit) => permit.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let permit = self
+            .permit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         drop(permit);
     }
 }
