@@ -4,12 +4,12 @@
 //! `prepare` before the 101: it subscribes the user's wake-ups and joins the device's
 //! consumer group (claiming what earlier connections left pending, and reading the
 //! first batch in the same round trip), so a Redis failure is still an HTTP error.
-//! `run` then serves the socket in that task: client frames go to `sending` (batches,
-//! written one at a time through the node's publisher while the session goes on; at
-//! most `sending::SEND_QUEUE` unanswered, then the socket is not read) and `delivery`
-//! (acks); wake-ups make `delivery` read
-//! the inbox and push batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are
-//! unacked, and the ack-timeout check reclaims while batches are unacked. An idle
+//! `run` then serves the socket in a task of its own (the preparing task ends, so an
+//! idle connection holds only the serving task's state): client frames go to
+//! `sending` (batches, written one at a time through the node's publisher while the
+//! session goes on; at most `sending::SEND_QUEUE` unanswered, then the socket is not
+//! read) and `delivery` (acks); wake-ups make `delivery` read the inbox and push
+//! batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are unacked, and the ack-timeout check reclaims while batches are unacked. An idle
 //! connection sends Redis nothing (unless the optional safety poll is configured).
 //! Writes go through the bounded `writer::Outbox`. When the connection ends (or is
 //! never served), its consumer is deleted if nothing is pending on it; otherwise the
@@ -268,40 +268,50 @@ struct Session {
 
 impl Session {
     /// Serves, says goodbye the way the ending calls for, and releases the consumer.
-    async fn live(
+    ///
+    /// An `async move` block, not an `async fn`: an async fn keeps each argument twice
+    /// in its state (the argument, and the local it is moved into), and this future
+    /// lives as long as the connection (1,808 instead of 3,376 bytes).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the session twice in this future"
+    )]
+    fn live(
         mut self,
         mut stream: SplitStream<HyperWebsocketStream>,
         first: Vec<StreamEntry>,
-    ) {
-        let span = self.span.clone();
-        let ending = self
-            .serve(&mut stream, first)
-            .instrument(span.clone())
-            .await;
-        if !matches!(ending, Ending::Dropped(_)) {
-            // Errors here are the socket's: the ending says goodbye as it can.
-            let _ = Box::pin(self.finish_sends()).instrument(span.clone()).await;
-        }
-        let Session {
-            node,
-            outbox,
-            consumer,
-            ..
-        } = self;
-        match ending {
-            Ending::Close(code, reason) => {
-                info!(parent: &span, code = code.code(), reason, "closing");
-                Box::pin(outbox.close(code, reason)).await;
-                Box::pin(await_peer_close(&mut stream)).await;
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let span = self.span.clone();
+            let ending = self
+                .serve(&mut stream, first)
+                .instrument(span.clone())
+                .await;
+            if !matches!(ending, Ending::Dropped(_)) {
+                // Errors here are the socket's: the ending says goodbye as it can.
+                let _ = Box::pin(self.finish_sends()).instrument(span.clone()).await;
             }
-            Ending::PeerClosed => {
-                info!(parent: &span, "peer closed");
-                Box::pin(outbox.finish()).await;
+            let Session {
+                node,
+                outbox,
+                consumer,
+                ..
+            } = self;
+            match ending {
+                Ending::Close(code, reason) => {
+                    info!(parent: &span, code = code.code(), reason, "closing");
+                    Box::pin(outbox.close(code, reason)).await;
+                    Box::pin(await_peer_close(&mut stream)).await;
+                }
+                Ending::PeerClosed => {
+                    info!(parent: &span, "peer closed");
+                    Box::pin(outbox.finish()).await;
+                }
+                Ending::Dropped(why) => info!(parent: &span, why, "connection dropped"),
             }
-            Ending::Dropped(why) => info!(parent: &span, why, "connection dropped"),
+            node.metrics.connections.dec();
+            Box::pin(release_consumer(&node, &consumer, &span)).await;
         }
-        node.metrics.connections.dec();
-        Box::pin(release_consumer(&node, &consumer, &span)).await;
     }
 
     /// Pushes the join's `first` batch, then serves the socket until the connection

@@ -122,12 +122,15 @@ struct Pending {
     answer: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// The session task: prepares the consumer, then serves the connection once upgraded.
-/// A connection that is never served (the client went away before the 101, or the
-/// upgrade failed) releases its consumer and subscription at once.
+/// The session task: prepares the consumer, then, once upgraded, hands the connection
+/// to a task of its own that serves it, and ends. A connection that is never served
+/// (the client went away before the 101, or the upgrade failed) releases its consumer
+/// and subscription at once.
 ///
-/// `pending` is boxed: an async fn keeps its arguments in its state for its whole life,
-/// and this one lives as long as the connection.
+/// The serving task is spawned rather than awaited here: this future's state is sized
+/// by the join and the upgrade too (an awaited future is laid out beside what the
+/// function held before it), and would be kept for the connection's whole life.
+/// Ending this task frees it; an idle connection holds only the serving task.
 async fn session(node: Arc<Node>, pending: Box<Pending>) {
     let Pending {
         slot,
@@ -151,7 +154,9 @@ async fn session(node: Arc<Node>, pending: Box<Pending>) {
         return;
     }
     match websocket.await {
-        Ok(ws) => super::run(node, *prepared, ws).await,
+        Ok(ws) => {
+            node.sessions.spawn(super::run(node.clone(), *prepared, ws));
+        }
         Err(e) => {
             warn!(parent: prepared.span(), error = %e, "upgrade failed");
             Box::pin(prepared.release(&node)).await;
