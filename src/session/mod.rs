@@ -591,6 +591,25 @@ mod tests {
             .collect()
     }
 
+    /// The size of what `f` returns, without calling it.
+    fn output_size<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn the_future_an_idle_connection_lives_in_stays_small() {
+        // Every connection holds this future for its whole life: 1,808 bytes when
+        // written, 3,376 as an async fn taking the session by value (BENCHMARKS.md,
+        // "What an idle connection holds"). With tokio's task header it makes a
+        // 2,048-byte task cell, with little room before the next size.
+        let size = output_size(run);
+        assert!(
+            size <= 1_900,
+            "the serving future is {size} bytes: box what made it grow, or keep an \
+             argument out of an async fn's state"
+        );
+    }
+
     #[test]
     fn after_the_joins_first_batch_reading_goes_on_only_where_more_may_wait() {
         // A full batch of claimed history: more history after its last entry.
