@@ -219,7 +219,8 @@ pub struct Config {
           value_parser = millis(1..))]
     pub redis_timeout: Duration,
 
-    /// Redis commands one instance keeps in flight at once (per command connection);
+    /// Redis commands one instance keeps in flight at once (to each primary, on a
+    /// cluster);
     /// more wait in courier for their turn, acks first, without their timeout
     /// running. Defaults to 1024.
     #[arg(long, env = "COURIER_REDIS_MAX_INFLIGHT", default_value_t = 1024,

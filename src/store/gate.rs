@@ -1,7 +1,8 @@
 //! The gate in front of the command connection: how much Redis work is in flight,
 //! whose turn is next, and whether Redis is worth waiting for at all.
 //!
-//! - **A bound on commands in flight** (`COURIER_REDIS_MAX_INFLIGHT` per instance).
+//! - **A bound on commands in flight** (`COURIER_REDIS_MAX_INFLIGHT` per instance; on
+//!   a cluster per primary, each with a gate of its own: `gates.rs`).
 //!   A command first waits here for a permit, then is sent; the command timeout
 //!   (`COURIER_REDIS_TIMEOUT_MS`) covers only the time from sending to the reply. So
 //!   however many commands the clients cause, the queue inside the multiplexed

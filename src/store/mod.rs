@@ -20,6 +20,7 @@ pub mod backend;
 mod cluster_conn;
 pub mod entry;
 mod gate;
+mod gates;
 pub mod inbox;
 pub mod keys;
 pub mod notify;
@@ -44,6 +45,7 @@ use redis::{
 use crate::metrics::Metrics;
 use backend::RedisBackend;
 use gate::{Gate, Health, Lane};
+use gates::Gates;
 
 pub use entry::{EntryBody, NewMessage, StoredMessage, StreamEntry};
 pub use inbox::ConsumerRef;
@@ -124,8 +126,9 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// The trim bound and dedup window every write applies.
     retention: Retention,
-    /// What every command passes before it is sent.
-    gate: Arc<Gate>,
+    /// What every command passes before it is sent (a gate per primary on a
+    /// cluster).
+    gates: Arc<Gates>,
     /// With `COURIER_REDIS_MIN_REPLICAS` > 0: the send writes' own connection, each
     /// followed by `WAIT` (`replicated.rs`).
     replicated: Option<Arc<replicated::Replicated>>,
@@ -143,18 +146,19 @@ struct TimedConnection {
     inner: RedisBackend,
     operation: &'static str,
     metrics: Arc<Metrics>,
-    gate: Arc<Gate>,
+    gates: Arc<Gates>,
 }
 
 impl TimedConnection {
-    /// Runs one request (a command or a pipeline) through the gate.
+    /// Runs one request (a command or a pipeline) through `gate`.
     async fn through_gate<T>(
         &mut self,
+        gate: Arc<Gate>,
         request: impl AsyncFnOnce(&mut RedisBackend) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let lane = Lane::of(self.operation);
         let arrived = Instant::now();
-        let Ok(permit) = self.gate.enter(lane).await else {
+        let Ok(permit) = gate.enter(lane).await else {
             self.metrics.redis_refused(self.operation);
             return Err(redis_down());
         };
@@ -163,8 +167,7 @@ impl TimedConnection {
         let result = gate::in_flight(permit, request(&mut self.inner)).await;
         self.metrics
             .redis(self.operation, started.elapsed(), result.is_ok());
-        if self.gate.observe(Health::of(&result)) {
-            let gate = self.gate.clone();
+        if gate.observe(Health::of(&result)) {
             let conn = self.inner.clone();
             tokio::spawn(async move {
                 gate.probe(PROBE_EVERY, || {
@@ -188,8 +191,9 @@ fn redis_down() -> RedisError {
 
 impl ConnectionLike for TimedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let gate = self.gates.for_command(cmd);
         Box::pin(
-            self.through_gate(async move |conn: &mut RedisBackend| {
+            self.through_gate(gate, async move |conn: &mut RedisBackend| {
                 conn.req_packed_command(cmd).await
             }),
         )
@@ -201,9 +205,12 @@ impl ConnectionLike for TimedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(self.through_gate(async move |conn: &mut RedisBackend| {
-            conn.req_packed_commands(pipeline, offset, count).await
-        }))
+        let gate = self.gates.for_pipeline(pipeline);
+        Box::pin(
+            self.through_gate(gate, async move |conn: &mut RedisBackend| {
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
+        )
     }
 
     fn get_db(&self) -> i64 {
@@ -221,14 +228,19 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let conn = RedisBackend::open(options, None)?;
-        // On a cluster one node's outage must not refuse the others' commands.
-        let gate = Gate::new(options.max_inflight, !conn.is_cluster());
+        // On a cluster one node's outage must not hold back, nor refuse, the others'
+        // commands: a gate per primary, without fail-fast.
+        let gates = if conn.is_cluster() {
+            Gates::cluster(options.max_inflight, conn.clone())
+        } else {
+            Gates::single(options.max_inflight, true)
+        };
         let replicated = match options.replica_policy() {
             Some(policy) => Some(replicated::Replicated::start(
                 policy,
                 RedisBackend::open(options, None)?,
                 metrics.clone(),
-                gate.clone(),
+                gates.clone(),
             )),
             None => None,
         };
@@ -237,7 +249,7 @@ impl Store {
             url: options.url.as_str().into(),
             metrics,
             retention,
-            gate,
+            gates,
             replicated,
         })
     }
@@ -248,7 +260,7 @@ impl Store {
             inner: self.conn.clone(),
             operation,
             metrics: self.metrics.clone(),
-            gate: self.gate.clone(),
+            gates: self.gates.clone(),
         }
     }
 

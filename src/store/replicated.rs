@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::TimedConnection;
 use super::backend::RedisBackend;
-use super::gate::Gate;
+use super::gates::Gates;
 use crate::metrics::Metrics;
 
 /// The most sends one group carries.
@@ -57,9 +57,9 @@ pub struct ReplicaPolicy {
 pub(super) struct Replicated {
     policy: ReplicaPolicy,
     conn: RedisBackend,
-    /// The store's gate: a write (a group, on a single primary) takes a turn in the
+    /// The store's gates: a write (a group, on a single primary) takes a turn in the
     /// `intake` lane like any send.
-    gate: Arc<Gate>,
+    gates: Arc<Gates>,
     /// To the grouping task (single node and Sentinel).
     jobs: Option<mpsc::UnboundedSender<Job>>,
 }
@@ -76,7 +76,7 @@ impl Replicated {
         policy: ReplicaPolicy,
         conn: RedisBackend,
         metrics: Arc<Metrics>,
-        gate: Arc<Gate>,
+        gates: Arc<Gates>,
     ) -> Arc<Self> {
         let jobs = (!conn.is_cluster()).then(|| {
             let (jobs, queue) = mpsc::unbounded_channel();
@@ -84,7 +84,7 @@ impl Replicated {
                 inner: conn.clone(),
                 operation: "send",
                 metrics,
-                gate: gate.clone(),
+                gates: gates.clone(),
             };
             tokio::spawn(group_loop(policy, timed, queue));
             jobs
@@ -92,7 +92,7 @@ impl Replicated {
         Arc::new(Self {
             policy,
             conn,
-            gate,
+            gates,
             jobs,
         })
     }
@@ -127,7 +127,7 @@ impl Replicated {
                     inner: self.conn.clone(),
                     operation: "send",
                     metrics: metrics.clone(),
-                    gate: self.gate.clone(),
+                    gates: self.gates.clone(),
                 };
                 let mut results = run_group(&mut conn, self.policy, &[&invocation]).await;
                 results.pop().unwrap_or_else(|| {
