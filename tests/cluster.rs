@@ -1,8 +1,9 @@
 //! courier on a Redis Cluster (`redis+cluster://`): three primaries started by the
 //! harness (plus a replica each for the failover test). What only a cluster has:
 //! fan-out and dedup across users placed on different primaries, several instances
-//! sharing the cluster, a partial failure retried, TLS, a slot migration and a primary
-//! failover under traffic. (The whole core suite also runs, unchanged, against a
+//! sharing the cluster, a partial failure retried, a primary that stops answering
+//! (the others' users still served), TLS, a slot migration and a primary failover
+//! under traffic. (The whole core suite also runs, unchanged, against a
 //! cluster: `COURIER_TEST_REDIS=cluster`, the second pass of `scripts/test`.)
 
 mod support;
@@ -331,6 +332,73 @@ async fn a_send_that_failed_on_one_node_is_completed_by_its_retry_with_the_same_
     assert_eq!(at_carol[0], at_bob[1], "one id for every recipient");
     let mut to_carol = courier.connect(carol).await;
     assert_eq!(texts(&to_carol.recv_batch().await.messages), ["split"]);
+}
+
+#[tokio::test]
+async fn a_primary_that_stops_answering_holds_back_only_its_own_users() {
+    let cluster = RedisCluster::start();
+    // Two commands in flight per primary, and a command timeout longer than the
+    // test: what waits on the paused primary stays stuck while the test runs.
+    let courier = courier_on(
+        &cluster,
+        &[
+            ("COURIER_REDIS_MAX_INFLIGHT", "2"),
+            ("COURIER_REDIS_TIMEOUT_MS", "30000"),
+        ],
+    );
+    // Every send takes an id from the counter's primary: another one is paused.
+    let healthy = cluster.primary_of_slot(cluster.slot_of("message:last_id"));
+    let paused = (0..cluster.nodes.len())
+        .find(|&node| node != healthy)
+        .expect("three primaries");
+    let cluster_ref = &cluster;
+    let users_on =
+        |node: usize| (1..).filter(move |&user| cluster_ref.primary_of_user(user) == node);
+    let chats_on = |node: usize| {
+        (100..).filter(move |&chat| {
+            cluster_ref.primary_of_slot(cluster_ref.slot_of(&format!("chat:{chat}"))) == node
+        })
+    };
+    let healthy_users: Vec<u64> = users_on(healthy).take(6).collect();
+    let victim = users_on(paused)
+        .next()
+        .expect("a user on the paused primary");
+    let mut chats = chats_on(healthy);
+    let (alice, bob, senders) = (healthy_users[0], healthy_users[1], &healthy_users[2..]);
+    let alice_and_bob = chats.next().expect("a chat");
+    cluster.create_chat(alice_and_bob, &[alice, bob]);
+    let mut to_bob = courier.connect(bob).await;
+    let mut from_alice = courier.connect(alice).await;
+    // The first send loads the scripts on every node, the paused one included.
+    from_alice
+        .send_acked(1, alice, &[(alice_and_bob, "warm-up")])
+        .await;
+    to_bob.recv_and_ack(1).await;
+    let mut stuck = Vec::new();
+    for &sender in senders {
+        let chat = chats.next().expect("a chat");
+        cluster.create_chat(chat, &[sender, victim]);
+        stuck.push((courier.connect(sender).await, chat, sender));
+    }
+
+    cluster.nodes[paused].cmd::<()>(&["CLIENT", "PAUSE", "20000", "ALL"]);
+    // Four writes to the victim's inbox: more than its primary's two turns.
+    for (client, chat, sender) in &mut stuck {
+        client
+            .send_batch(1, *sender, &[(*chat, "to the paused primary")])
+            .await;
+    }
+    from_alice
+        .send_batch(2, alice, &[(alice_and_bob, "hello")])
+        .await;
+    let delivered = tokio::time::timeout(Duration::from_secs(10), to_bob.recv_and_ack(1))
+        .await
+        .expect("Bob's message arrives while another primary is paused");
+    assert_eq!(texts(&delivered), ["hello"]);
+    assert_eq!(
+        from_alice.recv_json().await,
+        json!({"type": "ack", "time_key": 2})
+    );
 }
 
 #[tokio::test]

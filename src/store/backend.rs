@@ -148,12 +148,12 @@ impl RedisBackend {
         }
     }
 
-    /// Whether a push is a published message of the kind [`Self::subscribe`] asks
-    /// for (`message`, or `smessage` on a cluster).
-    pub fn is_message(&self, kind: &PushKind) -> bool {
+    /// The kind of push a published message arrives as on the channels
+    /// [`Self::subscribe`] subscribes: `message`, or `smessage` on a cluster.
+    pub fn message_kind(&self) -> PushKind {
         match self {
-            Self::Single(_) | Self::Sentinel(_) => *kind == PushKind::Message,
-            Self::Cluster(_) => *kind == PushKind::SMessage,
+            Self::Single(_) | Self::Sentinel(_) => PushKind::Message,
+            Self::Cluster(_) => PushKind::SMessage,
         }
     }
 

@@ -26,7 +26,10 @@
 //! Subscribing and unsubscribing go through one task in request order, batched into
 //! single SUBSCRIBE/UNSUBSCRIBE commands (on a cluster, one shard command per channel,
 //! sent together), so a user leaving and another connection of the same user
-//! arriving cannot race into a lost subscription.
+//! arriving cannot race into a lost subscription. The wake-ups themselves are
+//! dispatched apart from that task ([`dispatch`]): it awaits Redis, and on a cluster a
+//! primary that stops answering would otherwise hold every wake-up, for every node,
+//! behind its health PING.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +108,7 @@ impl Notifier {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let conn = RedisBackend::open(options, Some(push_tx.clone()))?;
         let (requests, request_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let notifier = Self {
             wakers: Arc::default(),
             next_id: Arc::default(),
@@ -122,7 +126,13 @@ impl Notifier {
             metrics,
             connected: true,
         };
-        let handle = tokio::spawn(task.run(request_rx, push_rx, shutdown));
+        tokio::spawn(dispatch(
+            push_rx,
+            task.conn.message_kind(),
+            notifier.wakers.clone(),
+            control_tx,
+        ));
+        let handle = tokio::spawn(task.run(request_rx, control_rx, shutdown));
         Ok((notifier, handle))
     }
 
@@ -165,7 +175,7 @@ struct NotifierTask {
     conn: RedisBackend,
     /// To open a fresh connection when this one stops answering.
     options: RedisOptions,
-    /// Where every connection it opens sends its pushes.
+    /// Where every connection it opens sends its pushes ([`dispatch`] reads them).
     push_tx: mpsc::UnboundedSender<PushInfo>,
     /// When the connection last answered a PING (or was opened).
     last_ping: Instant,
@@ -195,11 +205,51 @@ pub const WAKE_CHUNK: usize = 256;
 /// 20,000 within 0.8 s.
 pub const WAKE_SPACING: Duration = Duration::from_millis(10);
 
+/// Wakes the connections of each user a published message names, as the messages
+/// arrive, and passes the other pushes (disconnections, unsubscribes) on to the
+/// notifier task, in order. Apart from that task because it awaits Redis: a wake-up
+/// needs nothing from Redis, and must not wait behind a node that stopped answering.
+/// Ends when the pushes end or the notifier task has.
+async fn dispatch(
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    message_kind: PushKind,
+    wakers: Arc<Mutex<Wakers>>,
+    control: mpsc::UnboundedSender<PushInfo>,
+) {
+    while let Some(push) = pushes.recv().await {
+        if push.kind == message_kind {
+            if let Some(user) = user_of(&push) {
+                wake(&wakers, user);
+            }
+        } else if control.send(push).is_err() {
+            return;
+        }
+    }
+}
+
+/// The user a push's channel names (`notify:{user:<id>}`).
+fn user_of(push: &PushInfo) -> Option<u64> {
+    match push.data.first()? {
+        redis::Value::BulkString(bytes) => keys::user_of_notify_channel(bytes),
+        _ => None,
+    }
+}
+
+/// Wakes every local connection of `user`.
+fn wake(wakers: &Mutex<Wakers>, user: u64) {
+    let wakers = wakers.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(list) = wakers.get(&user) {
+        list.iter().for_each(|(_, waker)| waker.notify_one());
+    }
+}
+
 impl NotifierTask {
+    /// Serves subscription requests, the pushes other than wake-ups (`control`, from
+    /// [`dispatch`]) and the health check, one at a time, until `shutdown`.
     async fn run(
         mut self,
         mut requests: mpsc::UnboundedReceiver<SyncRequest>,
-        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        mut control: mpsc::UnboundedReceiver<PushInfo>,
         shutdown: CancellationToken,
     ) {
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
@@ -214,7 +264,7 @@ impl NotifierTask {
                     }
                     self.sync(batch).await;
                 }
-                Some(push) = pushes.recv() => self.on_push(push).await,
+                Some(push) = control.recv() => self.on_push(push).await,
                 _ = health.tick() => self.check_health().await,
             }
         }
@@ -294,11 +344,8 @@ impl NotifierTask {
         }
     }
 
+    /// A push other than a wake-up: a disconnection, or an unsubscribe.
     async fn on_push(&mut self, push: PushInfo) {
-        let user = push.data.first().and_then(|channel| match channel {
-            redis::Value::BulkString(bytes) => keys::user_of_notify_channel(bytes),
-            _ => None,
-        });
         if push.kind == PushKind::Disconnection {
             // On a cluster this may be one node of several, and its slots may come
             // back on a promoted replica: every subscription is made again (the
@@ -308,12 +355,10 @@ impl NotifierTask {
             self.connected = false;
             self.subscribed.clear();
             self.own_unsubscribes.clear();
-        } else if let Some(user) = user {
-            if self.conn.is_message(&push.kind) {
-                self.wake(user);
-            } else if self.conn.is_unsubscribe(&push.kind) {
-                self.on_unsubscribed(user).await;
-            }
+        } else if let Some(user) = user_of(&push)
+            && self.conn.is_unsubscribe(&push.kind)
+        {
+            self.on_unsubscribed(user).await;
         }
     }
 
@@ -343,9 +388,7 @@ impl NotifierTask {
     }
 
     fn wake(&self, user: u64) {
-        if let Some(list) = self.wakers().get(&user) {
-            list.iter().for_each(|(_, waker)| waker.notify_one());
-        }
+        wake(&self.wakers, user);
     }
 
     /// While disconnected, PINGs (which makes the connection reconnect and
