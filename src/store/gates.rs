@@ -74,13 +74,19 @@ impl Gates {
 
     /// The gate `cmd` passes.
     pub fn for_command(&self, cmd: &Cmd) -> Arc<Gate> {
-        self.for_key(key_of(cmd))
+        match self.by_primary {
+            Some(_) => self.for_key(key_of(cmd)),
+            None => self.default.clone(),
+        }
     }
 
     /// The gate a pipeline passes: its first keyed command's (a pipeline on a
     /// cluster stays within one slot).
     pub fn for_pipeline(&self, pipeline: &Pipeline) -> Arc<Gate> {
-        self.for_key(pipeline.cmd_iter().find_map(key_of))
+        match self.by_primary {
+            Some(_) => self.for_key(pipeline.cmd_iter().find_map(key_of)),
+            None => self.default.clone(),
+        }
     }
 
     fn for_key(&self, key: Option<&[u8]>) -> Arc<Gate> {
