@@ -46,6 +46,8 @@ struct PrimaryGates {
     by_slot: HashMap<Slot, Arc<Gate>>,
     /// Each primary's gate, by address; kept across maps while the primary is in them.
     by_address: HashMap<String, Arc<Gate>>,
+    /// The map these were built from: an unchanged map is not built again.
+    ranges: Vec<(u16, u16, String)>,
 }
 
 impl Gates {
@@ -74,23 +76,22 @@ impl Gates {
 
     /// The gate `cmd` passes.
     pub fn for_command(&self, cmd: &Cmd) -> Arc<Gate> {
-        match self.by_primary {
-            Some(_) => self.for_key(key_of(cmd)),
-            None => self.default.clone(),
-        }
+        self.for_key(|| key_of(cmd))
     }
 
     /// The gate a pipeline passes: its first keyed command's (a pipeline on a
     /// cluster stays within one slot).
     pub fn for_pipeline(&self, pipeline: &Pipeline) -> Arc<Gate> {
-        match self.by_primary {
-            Some(_) => self.for_key(pipeline.cmd_iter().find_map(key_of)),
-            None => self.default.clone(),
-        }
+        self.for_key(|| pipeline.cmd_iter().find_map(key_of))
     }
 
-    fn for_key(&self, key: Option<&[u8]>) -> Arc<Gate> {
-        let (Some(by_primary), Some(key)) = (&self.by_primary, key) else {
+    /// The gate of the primary serving `key`'s slot. The key is only looked for on a
+    /// cluster: a single node has one gate, and nothing to place.
+    fn for_key<'a>(&self, key: impl FnOnce() -> Option<&'a [u8]>) -> Arc<Gate> {
+        let Some(by_primary) = &self.by_primary else {
+            return self.default.clone();
+        };
+        let Some(key) = key() else {
             return self.default.clone();
         };
         let by_primary = by_primary.read().unwrap_or_else(PoisonError::into_inner);
@@ -107,6 +108,9 @@ impl Gates {
             return;
         };
         let mut by_primary = by_primary.write().unwrap_or_else(PoisonError::into_inner);
+        if by_primary.ranges == ranges {
+            return;
+        }
         let mut by_address = HashMap::new();
         let mut by_slot = HashMap::with_capacity(usize::from(SLOTS));
         for (first, last, address) in ranges {
@@ -124,6 +128,7 @@ impl Gates {
         *by_primary = PrimaryGates {
             by_slot,
             by_address,
+            ranges: ranges.to_vec(),
         };
     }
 }
@@ -283,13 +288,13 @@ mod tests {
         };
         let (low, high) = (user_key(true), user_key(false));
         assert!(
-            Arc::ptr_eq(&gates.for_key(Some(&low)), &gates.default),
+            Arc::ptr_eq(&gates.for_key(|| Some(&low)), &gates.default),
             "before the first map: the default gate"
         );
         gates.update(&[(0, 8191, "a:1".into()), (8192, 16383, "b:1".into())]);
-        let (gate_a, gate_b) = (gates.for_key(Some(&low)), gates.for_key(Some(&high)));
+        let (gate_a, gate_b) = (gates.for_key(|| Some(&low)), gates.for_key(|| Some(&high)));
         assert!(!Arc::ptr_eq(&gate_a, &gate_b), "one gate per primary");
-        assert!(Arc::ptr_eq(&gates.for_key(None), &gates.default));
+        assert!(Arc::ptr_eq(&gates.for_key(|| None), &gates.default));
 
         // A's only permit is held: B's commands still pass.
         let _held = gate_a.enter(Lane::Intake).await;
@@ -301,7 +306,7 @@ mod tests {
 
         // B's slots move to A: A's gate (and the permit it holds) stays A's.
         gates.update(&[(0, 16383, "a:1".into())]);
-        assert!(Arc::ptr_eq(&gates.for_key(Some(&high)), &gate_a));
+        assert!(Arc::ptr_eq(&gates.for_key(|| Some(&high)), &gate_a));
     }
 
     #[test]
