@@ -9,8 +9,9 @@
 //! `sending` (batches, written one at a time through the node's publisher while the
 //! session goes on; at most `sending::SEND_QUEUE` unanswered, then the socket is not
 //! read) and `delivery` (acks); wake-ups make `delivery` read the inbox and push
-//! batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are unacked, and the ack-timeout check reclaims while batches are unacked. An idle
-//! connection sends Redis nothing (unless the optional safety poll is configured).
+//! batches while fewer than `COURIER_MAX_INFLIGHT_BATCHES` are unacked, and the
+//! ack-timeout check reclaims while batches are unacked. An idle connection sends
+//! Redis nothing (unless the optional safety poll is configured).
 //! Writes go through the bounded `writer::Outbox`. When the connection ends (or is
 //! never served), its consumer is deleted if nothing is pending on it; otherwise the
 //! device's next connection claims the entries.

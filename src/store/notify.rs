@@ -137,7 +137,7 @@ impl Notifier {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Wakers> {
-        self.wakers.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.wakers)
     }
 
     /// Registers a connection of `user` and returns once the user's channel is
@@ -235,10 +235,15 @@ fn user_of(push: &PushInfo) -> Option<u64> {
     }
 }
 
+/// The wakers, locked. A panic while they were locked leaves them usable (each change
+/// is a push, a retain or a removal).
+fn lock(wakers: &Mutex<Wakers>) -> std::sync::MutexGuard<'_, Wakers> {
+    wakers.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Wakes every local connection of `user`.
 fn wake(wakers: &Mutex<Wakers>, user: u64) {
-    let wakers = wakers.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(list) = wakers.get(&user) {
+    if let Some(list) = lock(wakers).get(&user) {
         list.iter().for_each(|(_, waker)| waker.notify_one());
     }
 }
@@ -271,7 +276,7 @@ impl NotifierTask {
     }
 
     fn wakers(&self) -> std::sync::MutexGuard<'_, Wakers> {
-        self.wakers.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.wakers)
     }
 
     /// Brings Redis subscriptions in line with the registered users named in `batch`,
